@@ -1,0 +1,1 @@
+"""Benchmarks behind every performance figure (`autoglm bench ...`); results in benchmarks/results/."""

@@ -1,0 +1,1 @@
+"""Control plane: Cyclone DDS topics for lifecycle, heartbeats, requests, events, config, traces."""

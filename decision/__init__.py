@@ -1,0 +1,1 @@
+"""Decision stage: fusion of modality embeddings and the GLM-4 decoder."""

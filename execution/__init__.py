@@ -1,0 +1,1 @@
+"""Execution stage: the OpenAI-compatible HTTP gateway and phone actions."""

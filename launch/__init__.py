@@ -1,0 +1,1 @@
+"""Launcher, supervisor and the `autoglm` command-line tools."""

@@ -1,0 +1,1 @@
+"""Model plumbing shared by the stages: config, checkpoint reading, tokenizer, common layers."""

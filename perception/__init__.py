@@ -1,0 +1,1 @@
+"""Perception stages: vision and audio encoders that write embeddings into shared memory."""
