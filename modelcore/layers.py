@@ -1,0 +1,65 @@
+"""Layers shared by the vision tower and the GLM decoder."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, cast back before the weight multiply.
+
+    GLM checkpoints are trained with exactly this order (normalise in fp32, cast to the
+    activation dtype, then scale), so bf16 results match the reference bit for bit.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def activation(name: str):
+    """The activation function a config names (`hidden_act`)."""
+    table = {"silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
+             "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+    if name not in table:
+        raise ValueError(f"unsupported activation {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+class SwiGLU(nn.Module):
+    """down(act(gate(x)) * up(x)) with separate gate and up projections."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "silu", bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class FusedGateUpMLP(nn.Module):
+    """GLM-4's MLP: one gate_up projection (first half gate, second half up), then down."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "silu"):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(up * self.act(gate))
