@@ -1,0 +1,225 @@
+"""Control-plane pieces that need no second process: naming, config XML, the QoS table's
+choices, input errors, fork safety, asyncio reading, echo."""
+# (no `from __future__ import annotations`: cyclonedds resolves IDL field types at run time)
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from cyclonedds.core import Policy, Qos
+from cyclonedds.idl import IdlStruct
+from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
+from cyclonedds.topic import Topic
+
+from control import messages as m
+from control import topics as t
+from control.aio import AsyncReader
+from control.ddsconfig import domain_xml
+from control.echo import echo, format_record
+from control.naming import DOMAIN_ID_MAX, DOMAIN_ID_MIN, domain_id_for, partition_for
+from control.plane import ControlPlane, ControlPlaneError
+
+
+def unique_instance(tag: str) -> str:
+    return f"test-{tag}-{uuid.uuid4().hex[:10]}"
+
+
+def test_domain_ids_are_stable_in_range_and_spread():
+    names = [f"inst-{i}" for i in range(500)]
+    ids = [domain_id_for(n) for n in names]
+    assert ids == [domain_id_for(n) for n in names]
+    assert all(DOMAIN_ID_MIN <= d <= DOMAIN_ID_MAX for d in ids)
+    assert len(set(ids)) > 90  # uses (nearly) the whole 1..101 range
+    assert partition_for("lab-1") == "autoglm.lab-1"
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x*", "q?", "a" * 65, "ü"])
+def test_bad_instance_names_are_rejected_with_the_reason(bad):
+    with pytest.raises(ValueError, match="instance name"):
+        domain_id_for(bad)
+
+
+def test_bad_node_name_and_domain_id_are_rejected():
+    with pytest.raises(ValueError, match="node name"):
+        ControlPlane("ok", "bad name")
+    with pytest.raises(ValueError, match="domain id"):
+        ControlPlane("ok", "node", domain_id=233)
+
+
+def test_config_xml_is_loopback_only_and_unicast_by_default():
+    xml = domain_xml(7)
+    assert '<NetworkInterface name="lo"/>' in xml
+    assert "<AllowMulticast>false</AllowMulticast>" in xml
+    assert '<Peer address="127.0.0.1"/>' in xml
+    assert 'Domain id="7"' in xml
+    assert "eth" not in xml
+    assert 'multicast="true"' in domain_xml(7, multicast=True)
+
+
+def test_plane_overrides_user_cyclonedds_uri(monkeypatch):
+    monkeypatch.setenv("CYCLONEDDS_URI", "<garbage")
+    with ControlPlane(unique_instance("uri"), "node") as plane:
+        assert os.environ["CYCLONEDDS_URI"].startswith("<CycloneDDS>")
+        assert f'Domain id="{plane.domain_id}"' in os.environ["CYCLONEDDS_URI"]
+
+
+def test_qos_table_profiles():
+    assert t.REQUEST.profile is t.STREAM and t.CANCEL.profile is t.STREAM
+    assert t.STAGE_EVENT.profile is t.STREAM and t.LIFECYCLE_COMMAND.profile is t.STREAM
+    assert t.CONFIG.profile is t.LATEST and t.STAGE_STATE.profile is t.LATEST
+    assert t.HEARTBEAT.profile is t.SAMPLE and t.TRACE_SPAN.profile is t.TRACE
+    q = t.STREAM.writer_qos()
+    assert q[Policy.History] == Policy.History.KeepAll
+    assert q[Policy.Durability] == Policy.Durability.Volatile
+    q = t.LATEST.writer_qos()
+    assert q[Policy.Durability] == Policy.Durability.TransientLocal
+    assert q[Policy.History] == Policy.History.KeepLast(1)
+    assert q[Policy.DestinationOrder] == Policy.DestinationOrder.BySourceTimestamp
+    assert t.SAMPLE.writer_qos()[Policy.Reliability] == Policy.Reliability.BestEffort
+    assert t.STREAM.observer_qos()[Policy.Reliability] == Policy.Reliability.BestEffort
+    assert t.topic_by_name("request") is t.REQUEST
+    assert t.topic_by_name("autoglm/lifecycle/state") is t.STAGE_STATE
+    with pytest.raises(ValueError, match="known topics"):
+        t.topic_by_name("nope")
+
+
+@dataclass
+class _Seq(IdlStruct, typename="autoglm.test.Seq"):
+    i: int
+
+
+def test_stream_profile_keeps_backdated_samples_that_source_ordering_drops():
+    """Why STREAM orders by reception: with by-source-timestamp ordering Cyclone drops a
+    sample whose source time is older than one already accepted (clock step, 2 writers)."""
+    with ControlPlane(unique_instance("order"), "node") as plane:
+        p = plane.participant
+        now = time.time_ns()
+        got = {}
+        for label, profile_qos in (("stream", t.STREAM.writer_qos()),
+                                   ("by-source", Qos(Policy.Reliability.Reliable(0),
+                                                     Policy.History.KeepAll,
+                                                     Policy.DestinationOrder.BySourceTimestamp))):
+            topic = Topic(p, f"autoglm/test/{label}", _Seq)
+            reader = DataReader(p, topic, qos=profile_qos)
+            writer = DataWriter(p, topic, qos=profile_qos)
+            writer.write(_Seq(1), timestamp=now)
+            writer.write(_Seq(2), timestamp=now - 10**9)  # wall clock stepped back 1 s
+            writer.write(_Seq(3), timestamp=now + 1)
+            deadline = time.monotonic() + 2
+            seen = []
+            while len(seen) < 3 and time.monotonic() < deadline:
+                seen += [s.i for s in reader.take(N=10)]
+                time.sleep(0.01)
+            got[label] = seen
+        assert got["stream"] == [1, 2, 3]
+        assert got["by-source"] == [1, 3]
+
+
+def test_writer_rejects_wrong_type_and_stamps_header():
+    with ControlPlane(unique_instance("type"), "stamper") as plane:
+        w = plane.writer(t.REQUEST)
+        r = plane.reader(t.REQUEST)
+        with pytest.raises(TypeError, match="carries Request, not Cancel"):
+            w.write(m.Cancel(request_id="x"))
+        msg = m.Request(request_id="r1", extra=m.pack_extra({"stream": True}))
+        before = time.monotonic_ns()
+        w.write(msg)
+        got = r.take(timeout=2.0)
+        assert len(got) == 1 and got[0].source == "stamper"
+        assert before <= got[0].t_mono_ns <= time.monotonic_ns()
+        assert m.unpack_extra(got[0].extra) == {"stream": True}
+        assert m.to_dict(got[0])["prompt"] == {"channel": "", "slot": 0, "generation": 0,
+                                               "nbytes": 0}
+
+
+def test_plane_used_after_close_or_in_forked_child_raises():
+    plane = ControlPlane(unique_instance("fork"), "node")
+    w = plane.writer(t.CANCEL)
+    pid = os.fork()
+    if pid == 0:  # child: must refuse instead of sharing the parent's participant
+        try:
+            w.write(m.Cancel(request_id="x"))
+            os._exit(1)
+        except ControlPlaneError as exc:
+            os._exit(0 if "create the ControlPlane in the child" in str(exc) else 2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    plane.close()
+    plane.close()  # idempotent
+    with pytest.raises(ControlPlaneError, match="closed"):
+        w.write(m.Cancel(request_id="x"))
+
+
+def test_blocked_take_returns_when_plane_closes():
+    plane = ControlPlane(unique_instance("wake"), "node")
+    r = plane.reader(t.CANCEL)
+    out = []
+    th = threading.Thread(target=lambda: out.append(r.take(timeout=None)))
+    th.start()
+    time.sleep(0.2)
+    plane.close()
+    th.join(timeout=5)
+    assert not th.is_alive() and out == [[]]
+
+
+def test_async_reader_delivers_in_order_without_blocking_the_loop():
+    instance = unique_instance("aio")
+
+    async def main():
+        with ControlPlane(instance, "gateway") as gw, ControlPlane(instance, "stage") as stage:
+            events = AsyncReader(gw.reader(t.STAGE_EVENT))
+            writer = stage.writer(t.STAGE_EVENT)
+            async with events:
+                assert writer.wait_for_readers(1, timeout=5)
+                ticks = 0
+
+                async def ticker():  # proves the loop keeps running while we wait
+                    nonlocal ticks
+                    while True:
+                        await asyncio.sleep(0.01)
+                        ticks += 1
+
+                tick_task = asyncio.create_task(ticker())
+                await asyncio.sleep(0.1)
+                for i in range(50):
+                    writer.write(m.StageEvent(request_id=f"r{i}", kind=m.EventKinds.DONE))
+                got = [await events.get(timeout=5) for _ in range(50)]
+                tick_task.cancel()
+                with pytest.raises(asyncio.TimeoutError):
+                    await events.get(timeout=0.2)
+            return [e.request_id for e in got], ticks
+
+    ids, ticks = asyncio.run(main())
+    assert ids == [f"r{i}" for i in range(50)]
+    assert ticks >= 5
+
+
+def test_echo_reads_state_history_and_stream_as_dicts():
+    instance = unique_instance("echo")
+    with ControlPlane(instance, "stage") as stage, ControlPlane(instance, "tool") as tool:
+        stage.writer(t.STAGE_STATE).write(m.StageState(stage="audio", state="busy", pid=42))
+        records = list(echo(tool, "lifecycle/state", max_messages=1, duration_s=5))
+        assert [(r["stage"], r["state"], r["pid"], r["source"]) for r in records] == [
+            ("audio", "busy", 42, "stage")]
+        assert format_record(records[0]).startswith('{"stage":"audio"')
+
+        traces = stage.writer(t.TRACE_SPAN)
+
+        def produce():  # echo creates its reader on the first next(); wait for it
+            assert traces.wait_for_readers(1, timeout=5)
+            for i in range(3):
+                traces.write(m.TraceSpan(request_id=f"r{i}", name="prefill"))
+
+        th = threading.Thread(target=produce)
+        th.start()
+        spans = list(echo(tool, t.TRACE_SPAN, max_messages=3, duration_s=5, receive_time=True))
+        th.join()
+        assert [r["request_id"] for r in spans] == ["r0", "r1", "r2"]
+        assert all(r["_rx_mono_ns"] >= r["t_mono_ns"] > 0 for r in spans)
