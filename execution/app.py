@@ -1,0 +1,307 @@
+"""The ASGI app: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics.
+
+Layers, each in its own module: openai_schema (parse + validate) -> prepare (media, prompt,
+tokens; in a worker thread) -> response_cache (optional) -> generation (token events -> text
+deltas) -> streaming (SSE chunks / JSON body); metrics observed along the way. The pipeline is
+reached only through a `PipelineClient`.
+
+A client that disconnects cancels its request in the engine: both the streaming and the
+non-streaming path watch the ASGI receive channel for ``http.disconnect`` while generating
+(waiting for the next send to fail would leave a long prefill running for nobody), and
+closing the generation iterator calls `PipelineClient.cancel`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import GatewayConfig
+from .errors import APIError, body_too_large, server_error, unauthorized
+from .generation import GenerationTotals, OutputDelta, generate
+from .metrics import CONTENT_TYPE, GatewayMetrics
+from .openai_schema import SchemaLimits, parse_chat_request, parse_json_body
+from .pipeline_client import PipelineClient, PipelineError, TokenLogprob
+from .prepare import RequestPreparer, decode_ids_fn, token_text_fn
+from .response_cache import CachedResponse, ResponseCache, cache_key
+from .streaming import (DONE, ChunkBuilder, completion_body, logprobs_dict, new_completion_id,
+                        usage_dict)
+
+log = logging.getLogger("autoglm.gateway")
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.to_body(), status_code=err.status)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, client: PipelineClient, preparer: RequestPreparer):
+        self.config = config
+        self.client = client
+        self.preparer = preparer
+        self.metrics = GatewayMetrics(config.served_name, client.stats)
+        self.cache = ResponseCache(config.response_cache_size) if config.response_cache_size else None
+        self.limits = SchemaLimits(config.served_model_names, config.max_images)
+        self._decode = decode_ids_fn(preparer.tok)
+        self._token_text = token_text_fn(preparer.tok)
+        self.created = int(time.time())
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _authorized(self, request: Request) -> bool:
+        if not self.config.api_key:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode(), self.config.api_key.encode())
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise body_too_large(int(declared), limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked upload without a length: stop reading at the limit
+                raise body_too_large(None, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- endpoints --------------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        t_arrival = time.monotonic()
+        if not self._authorized(request):
+            return error_response(unauthorized())
+        try:
+            body = parse_json_body(await self._read_body(request))
+            chat = parse_chat_request(body, self.limits)
+            t0 = time.monotonic()
+            prepared = await run_in_threadpool(self.preparer.prepare, chat)
+            self.metrics.observe_stage("gateway_prepare", time.monotonic() - t0)
+        except APIError as err:
+            return error_response(err)
+        req, options = prepared.request, prepared.options
+        completion_id = req.request_id
+        model = self.config.served_name
+        key = None
+        if self.cache is not None and chat.is_deterministic():
+            key = cache_key(req.prompt_token_ids, [im.frame for im in req.images]
+                            + [a.pcm for a in req.audios], req.sampling, options)
+            hit = self.cache.get(key)
+            self.metrics.cache_lookup(hit is not None)
+            if hit is not None:
+                return self._from_cache(chat, completion_id, hit)
+
+        totals = GenerationTotals()
+        deltas = self._tracked(generate(self.client, req, self._decode, options, totals),
+                               totals, t_arrival, req.arrival_time)
+        want_lp = chat.logprobs
+        if chat.stream:
+            builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
+            return SSEResponse(self._sse(builder, deltas, totals, want_lp, chat.top_logprobs))
+        try:
+            result = await _until_disconnect(request, self._collect(deltas, want_lp,
+                                                                   chat.top_logprobs))
+        except PipelineError as exc:
+            return error_response(server_error(str(exc), 503 if exc.retryable else 500))
+        if result is None:  # client gone; generation already cancelled
+            return Response(status_code=499)
+        content, reasoning, logprobs = result
+        usage = usage_dict(totals.prompt_tokens, totals.completion_tokens, totals.cached_tokens)
+        if key is not None:
+            self.cache.put(key, CachedResponse(content, reasoning, totals.finish_reason or "stop",
+                                               totals.prompt_tokens, totals.completion_tokens,
+                                               logprobs))
+        return JSONResponse(completion_body(
+            completion_id, model, content, reasoning if chat.return_reasoning else None,
+            totals.finish_reason, usage, logprobs))
+
+    async def _collect(self, deltas: AsyncIterator[OutputDelta], want_lp: bool, top_n: int):
+        content, reasoning, lps = [], [], []
+        async for d in deltas:
+            content.append(d.content)
+            reasoning.append(d.reasoning)
+            lps.extend(d.logprobs)
+        lp = logprobs_dict(lps, self._token_text, top_n) if want_lp else None
+        return "".join(content), "".join(reasoning), lp
+
+    async def _sse(self, builder: ChunkBuilder, deltas: AsyncIterator[OutputDelta],
+                   totals: GenerationTotals, want_lp: bool, top_n: int) -> AsyncIterator[bytes]:
+        yield builder.first()
+        try:
+            async for d in deltas:
+                lp = logprobs_dict(d.logprobs, self._token_text, top_n) if (
+                    want_lp and d.logprobs) else None
+                chunk = builder.delta(d.content, d.reasoning, d.finish_reason, lp)
+                if chunk is not None:
+                    yield chunk
+        except PipelineError as exc:
+            yield builder.error(str(exc))
+            yield DONE
+            return
+        if builder.include_usage:
+            yield builder.usage(usage_dict(totals.prompt_tokens, totals.completion_tokens,
+                                           totals.cached_tokens))
+        yield DONE
+
+    async def _tracked(self, deltas: AsyncIterator[OutputDelta], totals: GenerationTotals,
+                       t_arrival: float, t_submit: float) -> AsyncIterator[OutputDelta]:
+        """Pass deltas through, observing the request's latency metrics."""
+        m = self.metrics
+        m.in_flight.labels(m.model_name).inc()
+        last = None
+        outcome = "abort"
+        try:
+            async for d in deltas:
+                now = time.monotonic()
+                if d.num_new_tokens:
+                    if last is None:
+                        m.observe_ttft(now - t_arrival)
+                    else:
+                        gap = (now - last) / d.num_new_tokens
+                        for _ in range(d.num_new_tokens):
+                            m.observe_itl(gap)
+                    last = now
+                yield d
+            outcome = totals.finish_reason or "stop"
+        except PipelineError:
+            outcome = "error"
+            raise
+        finally:
+            m.in_flight.labels(m.model_name).dec()
+            m.finished(outcome)
+            m.count_tokens(totals.prompt_tokens, totals.completion_tokens)
+            m.observe_e2e(time.monotonic() - t_arrival)
+            if totals.scheduled_time:
+                m.observe_queue(max(0.0, totals.scheduled_time - t_submit))
+            await deltas.aclose()
+
+    def _from_cache(self, chat, completion_id: str, hit: CachedResponse) -> Response:
+        model = self.config.served_name
+        usage = usage_dict(hit.prompt_tokens, hit.completion_tokens, hit.prompt_tokens)
+        if not chat.stream:
+            return JSONResponse(completion_body(
+                completion_id, model, hit.content,
+                hit.reasoning if chat.return_reasoning else None, hit.finish_reason, usage,
+                hit.logprobs if chat.logprobs else None))
+        builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
+
+        async def chunks():
+            yield builder.first()
+            yield builder.delta(hit.content, hit.reasoning, hit.finish_reason,
+                                hit.logprobs if chat.logprobs else None)
+            if chat.include_usage:
+                yield builder.usage(usage)
+            yield DONE
+        return SSEResponse(chunks())
+
+    async def models(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return error_response(unauthorized())
+        data = [{"id": name, "object": "model", "created": self.created,
+                 "owned_by": "autoglm-pipeline", "root": self.config.model_root or name,
+                 "parent": None, "max_model_len": self.config.prepare.max_model_len}
+                for name in self.config.served_model_names]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(self, request: Request) -> Response:
+        h = await self.client.health()
+        body = {"status": "ok" if h.ready else "unavailable", "detail": h.detail,
+                "stages": h.stages}
+        return JSONResponse(body, status_code=200 if h.ready else 503)
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        data = await run_in_threadpool(self.metrics.exposition)
+        return Response(data, media_type=CONTENT_TYPE)
+
+
+class SSEResponse:
+    """An event-stream response that cancels its source when the client disconnects.
+
+    Starlette's StreamingResponse notices a disconnect only when a write fails (ASGI spec
+    2.4+), i.e. possibly after a long prefill; here a watcher task reads ``http.disconnect``
+    and cancels the pump at once, and the source iterator is always closed (which cancels
+    the request in the pipeline)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]):
+        self.chunks = chunks
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+
+        async def pump():
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            await _until_disconnect_receive(receive, pump())
+        except OSError:
+            pass  # the connection broke while writing: same as a disconnect
+        finally:
+            await self.chunks.aclose()
+
+
+async def _until_disconnect_receive(receive: Callable[[], Awaitable[dict]], work: Awaitable):
+    """Run `work`; if the client disconnects first, cancel it and return None."""
+    async def watch():
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+
+    work_t = asyncio.ensure_future(work)
+    watch_t = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({work_t, watch_t}, return_when=asyncio.FIRST_COMPLETED)
+        if work_t in done:
+            return work_t.result()
+        work_t.cancel()
+        try:
+            await work_t
+        except (asyncio.CancelledError, Exception):
+            pass
+        return None
+    finally:
+        for t in (work_t, watch_t):
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(work_t, watch_t, return_exceptions=True)
+
+
+async def _until_disconnect(request: Request, work: Awaitable):
+    return await _until_disconnect_receive(request.receive, work)
+
+
+def build_app(config: GatewayConfig, client: PipelineClient, preparer: RequestPreparer) -> Starlette:
+    gw = Gateway(config, client, preparer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await client.start()
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
+        Route("/v1/models", gw.models, methods=["GET"]),
+        Route("/health", gw.health, methods=["GET"]),
+        Route("/metrics", gw.metrics_endpoint, methods=["GET"]),
+    ], lifespan=lifespan)
+    app.state.gateway = gw
+    return app

@@ -1,0 +1,151 @@
+"""ChatRequest -> PreparedRequest: media decoded, prompt rendered and tokenised, limits checked.
+
+CPU-bound (image decoding and resizing a 1080x2400 screenshot takes tens of ms), so the app
+runs it in a worker thread, keeping the event loop free for the other streams.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from modelcore.prompt import PromptError, build_prompt
+from modelcore.tokenizer import END_THINK, SPECIAL_TOKEN_NAMES, THINK, GlmTokenizer
+
+from .config import PrepareConfig
+from .errors import APIError, invalid
+from .generation import OutputOptions
+from .media import audio_bytes, load_url_bytes
+from .openai_schema import AudioPart, ChatRequest, ImagePart, TextPart
+from .pipeline_client import PreparedAudio, PreparedImage, PreparedRequest, SamplingParams
+
+DETOKENIZER_CONTEXT = 4  # prompt ids decoded as context before the first generated id
+
+
+@dataclass(frozen=True)
+class Prepared:
+    request: PreparedRequest
+    options: OutputOptions
+    prompt_text: str
+
+
+class RequestPreparer:
+    def __init__(self, tokenizer: GlmTokenizer, image_processor=None,
+                 config: PrepareConfig = PrepareConfig()):
+        self.tok = tokenizer
+        self.images = image_processor  # perception.vision.processor.ImageProcessor
+        self.config = config
+        self.skip_ids = frozenset(i for n, i in tokenizer.special.items()
+                                  if n in SPECIAL_TOKEN_NAMES)
+        self.close_reasoning_ids = tuple(tokenizer.encode(END_THINK))
+
+    def prepare(self, req: ChatRequest, request_id: str | None = None) -> Prepared:
+        images, audios, messages = [], [], []
+        for i, m in enumerate(req.messages):
+            if isinstance(m.content, str):
+                messages.append({"role": m.role, "content": m.content})
+                continue
+            parts = []
+            for p in m.content:
+                if isinstance(p, TextPart):
+                    parts.append({"type": "text", "text": p.text})
+                elif isinstance(p, ImagePart):
+                    images.append(self._image(p))
+                    parts.append({"type": "image"})
+                elif isinstance(p, AudioPart):
+                    # The audio stage turns PCM into embeddings the decision stage merges;
+                    # the prompt carries no audio placeholder (none in GLM-4.1V's template).
+                    audios.append(self._audio(p))
+            messages.append({"role": m.role, "content": parts})
+        try:
+            prompt = build_prompt(self.tok, messages, [im.num_tokens for im in images],
+                                  template=self.config.chat_template,
+                                  enable_thinking=req.enable_thinking,
+                                  content_format=self.config.content_format)
+        except PromptError as exc:
+            raise invalid(f"Cannot build the prompt: {exc}", param="messages") from None
+        n_prompt = len(prompt.ids)
+        limit = self.config.max_model_len
+        if req.max_tokens is not None and n_prompt + req.max_tokens > limit:
+            raise _too_long(limit, n_prompt, req.max_tokens)
+        if n_prompt >= limit:
+            raise _too_long(limit, n_prompt, 0)
+        max_tokens = req.max_tokens if req.max_tokens is not None else limit - n_prompt
+
+        sampling = SamplingParams(
+            temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+            max_tokens=max_tokens, stop_token_ids=tuple(self.tok.eos_token_ids),
+            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            repetition_penalty=req.repetition_penalty, logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs)
+        rid = request_id or f"chatcmpl-{uuid.uuid4().hex}"
+        prepared = PreparedRequest(rid, tuple(prompt.ids), sampling, tuple(images), tuple(audios))
+        options = OutputOptions(
+            stop=req.stop, return_reasoning=req.return_reasoning,
+            start_in_reasoning=_ends_inside_think(prompt.text),
+            max_reasoning_steps=req.max_reasoning_steps,
+            close_reasoning_ids=self.close_reasoning_ids, skip_ids=self.skip_ids,
+            context_ids=tuple(prompt.ids[-DETOKENIZER_CONTEXT:]))
+        return Prepared(prepared, options, prompt.text)
+
+    # --- media ----------------------------------------------------------------------------
+    def _image(self, part: ImagePart) -> PreparedImage:
+        from perception.vision.processor import ImageInputError, decode_image, to_rgb
+        from PIL import Image
+
+        if self.images is None:
+            raise invalid("This deployment has no vision stage; images are not accepted.",
+                          param=part.param)
+        data = load_url_bytes(part.url, part.param, self.config.allowed_media_dir)
+        try:
+            rgb = to_rgb(decode_image(data))
+            h, w = self.images.resized_size(*rgb.size)
+        except ImageInputError as exc:
+            raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_image") from None
+        if (w, h) != rgb.size:
+            rgb = rgb.resize((w, h), resample=Image.Resampling.BICUBIC)
+        frame = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+        patch = self.images.patch_size
+        return PreparedImage(frame, (1, h // patch, w // patch),
+                             self.images.num_image_tokens(*rgb.size))
+
+    def _audio(self, part: AudioPart) -> PreparedAudio:
+        from perception.audio.decode import decode_audio
+        from perception.audio.errors import AudioInputError
+
+        data = audio_bytes(part.data_b64, part.param)
+        try:
+            pcm, rate = decode_audio(data)
+        except AudioInputError as exc:
+            raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_audio") from None
+        return PreparedAudio(pcm, rate, 0)
+
+
+def _ends_inside_think(prompt_text: str) -> bool:
+    """The template opened a thinking block the model is to continue."""
+    tail = prompt_text.rstrip()
+    return tail.endswith(THINK) and not tail.endswith(THINK + END_THINK)
+
+
+def _too_long(limit: int, n_prompt: int, n_completion: int) -> APIError:
+    # vLLM's wording, which clients and users search for.
+    return invalid(
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{n_prompt + n_completion} tokens ({n_prompt} in the messages, {n_completion} in the "
+        "completion). Please reduce the length of the messages or completion.",
+        param="messages", code="context_length_exceeded")
+
+
+def token_text_fn(tokenizer: GlmTokenizer):
+    """id -> its text alone, for logprobs (vLLM shows decoded token strings too)."""
+    def text(i: int) -> str:
+        return tokenizer.decode([i])
+    return text
+
+
+def decode_ids_fn(tokenizer: GlmTokenizer):
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(ids)
+    return decode

@@ -1,0 +1,35 @@
+"""Assemble and run the gateway: tokenizer + image processor from the model directory, the
+shm/DDS client of a launched instance, the ASGI app under uvicorn.
+
+The execution stage (execution/stage.py, run by the stage runtime) or `autoglm gateway` call
+`build_gateway_app(...)` then `serve(app, host, port)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import GatewayConfig
+
+
+def build_gateway_app(model_dir: str | Path | None, instance: str,
+                      config: GatewayConfig = GatewayConfig(), *, client=None):
+    from modelcore.tokenizer import GlmTokenizer
+    from perception.vision.processor import ImageProcessor
+
+    from .app import build_app
+    from .prepare import RequestPreparer
+    from .shm_client import ShmPipelineClient
+
+    if not model_dir:
+        from modelcore.make_checkpoint import ensure_default_checkpoint
+        model_dir = ensure_default_checkpoint()
+    tok = GlmTokenizer.from_dir(model_dir)
+    images = ImageProcessor.from_dir(model_dir)
+    client = client or ShmPipelineClient(instance)
+    return build_app(config, client, RequestPreparer(tok, images, config.prepare))
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

@@ -1,0 +1,248 @@
+"""The real PipelineClient: media and prompt ids into shm, the request over DDS, tokens from the
+shm tokens ring (asyncio doorbell).
+
+Per request:
+1. media into slot pools: each image's resized uint8 [H, W, 3] frame into `frames`, each
+   clip's float32 PCM into `pcm` (pool.put blocks while the pool is full, so it runs in a
+   worker thread); the prompt's int32 ids into the `prompts` pool when the instance has one;
+2. a `control.messages.Request` on the request topic: modalities/media in prompt order,
+   sampling (the typed fields control defines) and, in ``extra`` (msgpack), the fields it does
+   not type yet: presence/frequency penalties, logprobs, top_logprobs, and the prompt ids
+   themselves when there is no `prompts` pool;
+3. token records (runtime.records.TOKEN_RECORD) read from the `tokens` ring by one pump task
+   and routed by request key to the request's queue; FLAG_LAST ends it, FLAG_ERROR fails it;
+4. a stage's `error` event for the request fails it too (e.g. the vision stage refused the
+   frame), so a request never waits for tokens that will not come.
+
+The finish reason is inferred from the last record, since records carry no reason: its token
+is a stop token -> "stop"; the count reached max_tokens -> "length"; otherwise "stop".
+Token records carry no logprobs yet: requests asking for logprobs get none.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict, deque
+from typing import AsyncIterator
+
+import numpy as np
+
+from .pipeline_client import (PipelineError, PipelineHealth, PipelineStats, PreparedRequest,
+                              TokenEvent)
+
+EVENT_QUEUE_END = object()
+STAGE_LATENCY_WINDOW = 4096
+
+
+class ShmPipelineClient:
+    supports_injection = False
+
+    def __init__(self, instance: str, *, node_name: str | None = None, frames: str = "frames",
+                 pcm: str = "pcm", prompts: str = "prompts", tokens: str = "tokens",
+                 put_timeout: float = 10.0):
+        self.instance = instance
+        self.node_name = node_name or f"gateway-http-{os.getpid()}"
+        self.channels = {"frames": frames, "pcm": pcm, "prompts": prompts, "tokens": tokens}
+        self.put_timeout = put_timeout
+        self._plane = None
+        self._pools: dict = {}
+        self._queues: dict[int, asyncio.Queue] = {}  # request key -> its events
+        self._by_id: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._ring_reader = None
+        self._started_at: dict[tuple[str, str], int] = {}
+        self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
+        self._states: dict[str, str] = {}
+        self.lost_records = 0
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        from control import topics as t
+        from control.aio import AsyncReader
+        from control.plane import ControlPlane
+        from shm.ring import Ring
+
+        # The participant is created here, in the serving process (never before a fork).
+        self._plane = ControlPlane(self.instance, self.node_name)
+        self._w_request = self._plane.writer(t.REQUEST)
+        self._w_cancel = self._plane.writer(t.CANCEL)
+        self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
+        self._state_reader = self._plane.reader(t.STAGE_STATE)
+        self._ring_reader = Ring.attach(self.instance, self.channels["tokens"]).reader(start="latest")
+        self._tasks = [asyncio.create_task(self._pump_tokens(), name="tokens-ring"),
+                       asyncio.create_task(self._pump_events(), name="stage-events")]
+
+    async def wait_for_stages(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until `count` stages read the request topic (it is volatile: a request
+        written before a stage is discovered never reaches it)."""
+        return await asyncio.to_thread(self._w_request.wait_for_readers, count, timeout)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._plane is not None:
+            await self._events.close()
+            self._plane.close()
+        if self._ring_reader is not None:
+            self._ring_reader.close()
+        for p in self._pools.values():
+            p.close()
+
+    def _pool(self, name: str):
+        from shm.pool import SlotPool
+
+        if name not in self._pools:
+            self._pools[name] = SlotPool.attach(self.instance, name)
+        return self._pools[name]
+
+    def _has_pool(self, name: str) -> bool:
+        try:
+            self._pool(name)
+            return True
+        except Exception:
+            return False
+
+    # --- requests -----------------------------------------------------------------------
+    def submit(self, request: PreparedRequest) -> AsyncIterator[TokenEvent]:
+        return self._run(request)
+
+    async def _run(self, req: PreparedRequest) -> AsyncIterator[TokenEvent]:
+        from runtime.compute import request_key
+
+        key = request_key(req.request_id)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[key] = queue
+        self._by_id[req.request_id] = key
+        try:
+            try:
+                message = await asyncio.to_thread(self._build_request, req)
+                self._w_request.write(message)
+            except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
+                raise PipelineError(f"the pipeline cannot take the request now: {exc}",
+                                    retryable=True) from exc
+            produced = 0
+            stop_ids = set(req.sampling.stop_token_ids)
+            while True:
+                item = await queue.get()
+                if isinstance(item, PipelineError):
+                    yield TokenEvent(finish_reason="error", error=str(item))
+                    return
+                records = item
+                ids = tuple(int(r["token_id"]) for r in records)
+                flags = int(np.bitwise_or.reduce(records["flags"])) if len(records) else 0
+                from runtime.records import FLAG_ERROR, FLAG_LAST
+                if flags & FLAG_ERROR:
+                    yield TokenEvent(finish_reason="error", error="decision reported a generation error")
+                    return
+                produced += len(ids)
+                finish = None
+                if flags & FLAG_LAST:
+                    finish = "stop" if (ids and ids[-1] in stop_ids) else (
+                        "length" if produced >= req.sampling.max_tokens else "stop")
+                first = int(records[0]["t_mono_ns"]) / 1e9 if produced == len(ids) else 0.0
+                yield TokenEvent(ids, None, finish, first_token_time=first)
+                if finish:
+                    return
+        finally:
+            self._queues.pop(key, None)
+            self._by_id.pop(req.request_id, None)
+
+    def _build_request(self, req: PreparedRequest):
+        from control.messages import Request, SamplingParams, pack_extra
+        from runtime.compute import shm_ref
+
+        modalities, media = [], []
+        for im in req.images:
+            ref = self._pool(self.channels["frames"]).put(im.frame, readers=1,
+                                                         timeout=self.put_timeout)
+            modalities.append("image")
+            media.append(shm_ref(ref, im.frame.nbytes))
+        for au in req.audios:
+            pcm = np.ascontiguousarray(au.pcm, dtype=np.float32)
+            ref = self._pool(self.channels["pcm"]).put(pcm, readers=1, timeout=self.put_timeout)
+            modalities.append("audio")
+            media.append(shm_ref(ref, pcm.nbytes))
+        s = req.sampling
+        extra = {"presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+                 "logprobs": s.logprobs, "top_logprobs": s.top_logprobs}
+        ids = np.asarray(req.prompt_token_ids, dtype=np.int32)
+        prompt = None
+        if self._has_pool(self.channels["prompts"]):
+            prompt = shm_ref(self._pool(self.channels["prompts"]).put(
+                ids, readers=1, timeout=self.put_timeout), ids.nbytes)
+        else:  # stopgap until the launch spec has a prompts pool
+            extra["prompt_token_ids"] = ids.tolist()
+        msg = Request(
+            request_id=req.request_id, n_prompt_tokens=len(ids), modalities=modalities,
+            media=media,
+            sampling=SamplingParams(
+                max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                top_k=s.top_k, repetition_penalty=s.repetition_penalty,
+                seed=-1 if s.seed is None else int(s.seed),
+                stop_token_ids=list(s.stop_token_ids)),
+            extra=pack_extra(extra))
+        if prompt is not None:
+            msg.prompt = prompt
+        return msg
+
+    async def cancel(self, request_id: str) -> None:
+        from control.messages import Cancel
+
+        if self._plane is not None:
+            self._w_cancel.write(Cancel(request_id=request_id, reason="gateway"))
+
+    async def inject(self, request_id: str, token_ids) -> None:
+        raise PipelineError("this pipeline cannot inject tokens; the gateway uses continuation")
+
+    # --- pumps --------------------------------------------------------------------------
+    async def _pump_tokens(self) -> None:
+        reader = self._ring_reader
+        while True:
+            batch = await reader.aread(timeout=1.0)
+            if batch.lost:
+                self.lost_records += batch.lost
+            recs = batch.records
+            if not len(recs):
+                continue
+            keys = recs["request_key"]
+            for k in np.unique(keys):
+                q = self._queues.get(int(k))
+                if q is not None:
+                    q.put_nowait(recs[keys == k])
+
+    async def _pump_events(self) -> None:
+        async for ev in self._events:
+            stage_key = (ev.request_id, ev.source)
+            if ev.kind == "started":
+                self._started_at[stage_key] = int(ev.t_mono_ns)
+            elif ev.kind in ("done", "error", "cancelled"):
+                t0 = self._started_at.pop(stage_key, None)
+                if t0 is not None and ev.t_mono_ns >= t0:
+                    self._stage_lat[ev.source].append((int(ev.t_mono_ns) - t0) / 1e9)
+            if ev.kind == "error":
+                key = self._by_id.get(ev.request_id)
+                if key is not None and key in self._queues:
+                    self._queues[key].put_nowait(
+                        PipelineError(f"stage {ev.source} failed the request: {ev.detail}"))
+
+    # --- health and stats ---------------------------------------------------------------
+    async def health(self) -> PipelineHealth:
+        if self._plane is None:
+            return PipelineHealth(False, "not started")
+        for st in self._state_reader.take(0):
+            self._states[st.stage] = st.state
+        bad = {k: v for k, v in self._states.items() if v not in ("ready", "busy")}
+        if not self._states:
+            return PipelineHealth(False, "no stage has announced its state yet")
+        return PipelineHealth(not bad, "; ".join(f"{k}: {v}" for k, v in bad.items()),
+                              dict(self._states))
+
+    def stats(self) -> PipelineStats:
+        drained = {}
+        for stage, values in self._stage_lat.items():
+            if values:
+                drained[stage] = list(values)
+                values.clear()
+        return PipelineStats(num_requests_running=len(self._queues), stage_latencies=drained)

@@ -1,0 +1,119 @@
+"""The real client against a launched pipeline (launch/specs/default.toml: minimal stage
+computes, real processes, real shm and DDS). The decision stage there is a stand-in whose
+tokens are a known function of its inputs, which is what these tests check arrives."""
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+
+from execution.pipeline_client import PreparedImage, PreparedRequest, SamplingParams
+from execution.shm_client import ShmPipelineClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+N_STAGES = 4  # gateway, vision, audio, decision read the request topic
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    instance = f"gwtest-{uuid.uuid4().hex[:8]}"
+    ready = tmp_path_factory.mktemp("launch") / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from launch.launcher import launch; "
+         f"sys.exit(launch(None, {instance!r}, ready_file={str(ready)!r}))"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode() if proc.poll() is not None else ""
+            proc.kill()
+            raise RuntimeError(f"pipeline did not start: {out[-2000:]}")
+        time.sleep(0.1)
+    yield instance
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def expected_no_media(n, vocab=32000):
+    return [(7919 * i) % vocab for i in range(n)]
+
+
+def test_client_round_trip_and_image(pipeline):
+    async def main():
+        client = ShmPipelineClient(pipeline)
+        await client.start()
+        try:
+            assert await client.wait_for_stages(N_STAGES, 20)
+            events = [ev async for ev in client.submit(PreparedRequest(
+                "t-text", (1, 2, 3), SamplingParams(max_tokens=5, stop_token_ids=(99999,))))]
+            ids = [t for ev in events for t in ev.token_ids]
+            assert ids == expected_no_media(5)
+            assert events[-1].finish_reason == "length"
+            frame = np.full((56, 84, 3), 128, np.uint8)
+            img = PreparedImage(frame, (1, 4, 6), 6)
+            events = [ev async for ev in client.submit(PreparedRequest(
+                "t-image", (1, 2), SamplingParams(max_tokens=4), images=(img,)))]
+            ids2 = [t for ev in events for t in ev.token_ids]
+            assert len(ids2) == 4 and ids2 != expected_no_media(4)  # the frame shaped them
+            h = await client.health()
+            assert h.ready, h
+            stats = client.stats()
+            assert "vision" in stats.stage_latencies or "decision" in stats.stage_latencies
+        finally:
+            await client.close()
+    asyncio.run(main())
+
+
+def test_http_through_launched_pipeline(pipeline, glm_tok):
+    from .harness import running_gateway
+    client = ShmPipelineClient(pipeline)
+    with running_gateway(glm_tok, client) as (url, gw):
+        deadline = time.monotonic() + 20
+        while httpx.get(url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            "model": "autoglm-phone-9b", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 6, "stream": True, "stream_options": {"include_usage": True}})
+        assert r.status_code == 200
+        events = [e for e in r.text.split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        import json
+        usage = json.loads(events[-2][6:])["usage"]
+        assert usage["completion_tokens"] == 6
+        last = json.loads(events[-3][6:])
+        assert last["choices"][0]["finish_reason"] == "length"
+
+
+def test_sixteen_concurrent_streams_openai_sdk(pipeline, glm_tok):
+    import openai
+    from .harness import running_gateway
+
+    async def one(c, i):
+        s = await c.chat.completions.create(
+            model="autoglm-phone-9b", messages=[{"role": "user", "content": f"q{i}"}],
+            stream=True, max_tokens=5, temperature=0.0, stream_options={"include_usage": True})
+        finish, usage = None, None
+        async for ch in s:
+            if ch.choices:
+                finish = ch.choices[0].finish_reason or finish
+            usage = ch.usage or usage
+        return finish, usage.completion_tokens
+
+    with running_gateway(glm_tok, ShmPipelineClient(pipeline)) as (url, _):
+        deadline = time.monotonic() + 20
+        while httpx.get(url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+        async def main():
+            c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY")
+            return await asyncio.gather(*[one(c, i) for i in range(16)])
+        results = asyncio.run(main())
+    assert results == [("length", 5)] * 16
