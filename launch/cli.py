@@ -15,8 +15,13 @@ import sys
 
 # Module paths of the command groups, in the order `autoglm --help` lists them.
 COMMAND_MODULES = [
+    "modelcore.cli",
     "shm.cli",
     "benchmarks.cli",
+    "launch.launch_cli",
+    "launch.node_cli",
+    "launch.topic_cli",
+    "execution.cli",
 ]
 
 

@@ -1,0 +1,114 @@
+"""`autoglm launch`: validate the spec, create the shm channels, start and supervise the stages,
+and on Ctrl-C / SIGTERM stop them and remove every segment.
+
+Order matters on the way down: stages first (they hold mappings and doorbell sockets), then the
+control plane, then the shm instance directory.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from .spec import LaunchSpec, format_cores, load_spec
+
+STEP_S = 0.05
+
+
+class Launcher:
+    def __init__(self, spec: LaunchSpec, spec_path: str, instance: str, *, out=None):
+        self.spec = spec
+        self.spec_path = spec_path
+        self.instance = instance
+        self.out = out or sys.stdout
+        self._stop = threading.Event()
+        self.supervisor = None
+        self.shm = None
+
+    def say(self, msg: str) -> None:
+        print(msg, file=self.out, flush=True)
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def run(self, *, install_signals: bool = True, ready_file: str | None = None) -> int:
+        from control.naming import domain_id_for
+
+        from .channels import create_channels, write_manifest
+        from .supervisor import Supervisor
+
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, self.request_stop)
+        spec = self.spec
+        # First, so that an instance already in use is refused before anything is said or run.
+        self.shm = create_channels(self.instance, spec)
+        machine = sorted(os.sched_getaffinity(0))
+        used = sorted({c for st in spec.stages.values() for c in st.cores})
+        sharing = len(spec.stages) > len(used) or any(st.shares_cores_with
+                                                       for st in spec.stages.values())
+        self.say(f"[launch] instance {self.instance!r}: {len(spec.stages)} stages on cores "
+                 f"{format_cores(used)} of {format_cores(machine)}"
+                 + (" (several stages share cores: this machine has fewer cores than stages)"
+                    if sharing else "")
+                 + f"; DDS domain {domain_id_for(self.instance)}; spec {self.spec_path}")
+        try:
+            write_manifest(self.shm, spec, self.spec_path)
+            self.say(f"[launch] shm channels in {self.shm.path}: "
+                     + ", ".join(f"{c.name} ({c.kind} {c.slots}x{c.slot_bytes} B)"
+                                 for c in spec.channels.values()))
+            self.supervisor = sup = Supervisor(self.instance, spec, self.spec_path)
+            sup.open_control_plane()
+            pending = set(sup.stages)
+
+            def on_ready(sp):
+                self.say(sup.describe(sp))
+                if sp.name in pending:
+                    pending.discard(sp.name)
+                    if not pending:
+                        self.say(f"[launch] all {len(sup.stages)} stages ready; "
+                                 f"Ctrl-C stops the pipeline")
+                        if ready_file:
+                            with open(ready_file, "w") as f:
+                                f.write(str(os.getpid()))
+
+            sup.on_ready = on_ready
+            sup.start_all()
+            last_health = time.monotonic()
+            while not self._stop.wait(STEP_S):
+                sup.step()
+                if time.monotonic() - last_health > 5:
+                    sup.note_healthy()
+                    last_health = time.monotonic()
+            return 0
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        # Ignore further Ctrl-C while tearing down: a half-finished teardown leaves orphans.
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+        if self.supervisor is not None:
+            self.say("[launch] stopping stages")
+            killed = self.supervisor.stop_all()
+            if killed:
+                self.say(f"[launch] killed (did not stop within grace): {', '.join(killed)}")
+            self.supervisor.close()
+            self.supervisor = None
+        if self.shm is not None:
+            path = self.shm.path
+            self.shm.close()
+            self.shm = None
+            self.say(f"[launch] removed {path}; stopped")
+
+
+def launch(spec_path: str | None, instance: str, *, ready_file: str | None = None) -> int:
+    from .spec import DEFAULT_SPEC
+
+    path = str(spec_path) if spec_path else str(DEFAULT_SPEC)
+    spec = load_spec(path)
+    return Launcher(spec, path, instance).run(ready_file=ready_file)

@@ -1,0 +1,299 @@
+"""The stage runtime: everything a stage process does besides its compute.
+
+    python -m runtime.run_stage --instance X --stage NAME --spec FILE --cores 0,1 --parent-pid P
+
+1. guards against orphaning (dies with the launcher), pins itself to its cores before any
+   thread exists, creates its DDS participant (here, in the fresh interpreter: no fork after
+   DDS init);
+2. announces `starting`, heartbeats every `heartbeat_s` from a thread, builds the compute with
+   the stage module's `make_stage(ctx)`, announces `ready`;
+3. hands every request, event, cancel and config value to the compute (methods `on_request`,
+   `on_event`, `on_cancel`, `on_config`, all optional) and calls its `poll(timeout)` (optional:
+   for stages that wait on a doorbell) in between;
+4. on SIGTERM / SIGINT / a `shutdown` lifecycle command: `stopping`, compute.close(), `dead`,
+   exit 0.
+
+The compute never sees DDS: it talks through `StageContext` (pool/ring access and request
+bookkeeping: begin / emit / finish / fail). `begin` and `finish` publish the `started` and
+`done` events from which the supervisor knows which requests a stage holds, so it can fail them
+if the stage dies.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from .lifecycle import Lifecycle, State
+
+LOOP_WAIT_S = 0.01      # longest a message waits for the main loop when the stage is idle
+TERMINAL_EVENTS = ("done", "error", "cancelled")
+
+
+class StageContext:
+    """What a stage's compute may use."""
+
+    def __init__(self, rt: "StageRuntime"):
+        self._rt = rt
+        self.instance = rt.instance
+        self.name = rt.name
+        self.launch = rt.spec                 # the whole LaunchSpec
+        self.stage = rt.stage_spec            # this stage's StageSpec
+        self.params = dict(rt.stage_spec.params)
+        self.http = (rt.spec.http_host, rt.spec.http_port)
+        self.model_dir = rt.spec.model_dir
+        self.config: dict = {}                # dynamic settings received so far
+        self._pools: dict = {}
+        self._rings: dict = {}
+
+    # --- data plane ---------------------------------------------------------------------
+    def pool(self, name: str):
+        """The slot pool `name` of this instance (attached once, kept open)."""
+        p = self._pools.get(name)
+        if p is None:
+            from shm.pool import SlotPool
+            p = self._pools[name] = SlotPool.attach(self.instance, name)
+        return p
+
+    def ring(self, name: str):
+        r = self._rings.get(name)
+        if r is None:
+            from shm.ring import Ring
+            r = self._rings[name] = Ring.attach(self.instance, name)
+        return r
+
+    # --- request bookkeeping ------------------------------------------------------------
+    def begin(self, request_id: str) -> None:
+        """This stage took the request: `started` event, state busy."""
+        self._rt.begin(request_id)
+
+    def emit(self, kind: str, request_id: str, **fields) -> None:
+        """Publish a StageEvent (fields: modality, output, n_tokens, grid_thw, code, detail)."""
+        self._rt.emit(kind, request_id, **fields)
+
+    def finish(self, request_id: str, kind: str = "done", **fields) -> None:
+        """This stage is done with the request (`done`, or `cancelled`)."""
+        self._rt.finish(request_id, kind, **fields)
+
+    def fail(self, request_id: str, detail: str, code: int = 1) -> None:
+        self._rt.finish(request_id, "error", detail=detail, code=code)
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.name}] {msg}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for ch in list(self._pools.values()) + list(self._rings.values()):
+            try:
+                ch.close()
+            except Exception:
+                pass
+
+
+class StageRuntime:
+    def __init__(self, instance: str, name: str, spec, *, cores=None, restarts: int = 0,
+                 parent_pid: int | None = None):
+        self.instance = instance
+        self.name = name
+        self.spec = spec
+        self.stage_spec = spec.stage(name)
+        self.cores = list(cores) if cores is not None else list(self.stage_spec.cores)
+        self.restarts = restarts
+        self.parent_pid = parent_pid
+        self.pid = os.getpid()
+        self.in_flight: dict[str, int] = {}   # request id -> start time (monotonic ns)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.lifecycle = Lifecycle(self._on_state_change)
+        self.plane = None
+        self.compute = None
+        self.ctx = None
+        self._hb_seq = 0
+        self._hb = None
+
+    # --- startup ------------------------------------------------------------------------
+    def run(self) -> int:
+        from .pinning import pin_current_process
+        from .process_guard import guard_against_orphaning
+
+        guard_against_orphaning(self.parent_pid)
+        self.cores = pin_current_process(self.cores)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._open_control_plane()
+        self._publish_state(State.STARTING)
+        self._hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self._hb.start()
+        try:
+            self.ctx = StageContext(self)
+            module = importlib.import_module(self.stage_spec.module)
+            self.compute = module.make_stage(self.ctx)
+            self.lifecycle.to(State.READY)
+            self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
+            self._loop()
+            return 0
+        except Exception as e:
+            traceback.print_exc()
+            self._publish_state(self.lifecycle.state, detail=f"crashed: {type(e).__name__}: {e}")
+            return 1
+        finally:
+            self._shutdown()
+
+    def _open_control_plane(self) -> None:
+        from control import topics as t
+        from control.plane import ControlPlane
+
+        self.plane = ControlPlane(self.instance, self.name)
+        self.w_state = self.plane.writer(t.STAGE_STATE)
+        self.w_hb = self.plane.writer(t.HEARTBEAT)
+        self.w_event = self.plane.writer(t.STAGE_EVENT)
+        self.w_trace = self.plane.writer(t.TRACE_SPAN)
+        self.r_request = self.plane.reader(t.REQUEST)
+        self.r_event = self.plane.reader(t.STAGE_EVENT)
+        self.r_cancel = self.plane.reader(t.CANCEL)
+        self.r_config = self.plane.reader(t.CONFIG)
+        self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
+
+    # --- main loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        poll = getattr(self.compute, "poll", None)
+        while not self._stop.is_set():
+            got = self._dispatch()
+            if self._stop.is_set():
+                break
+            if poll is not None:
+                poll(0 if got else LOOP_WAIT_S)
+            elif not got:
+                # Block on the busiest topic; the others are taken on the next pass.
+                for req in self.r_request.take(timeout=LOOP_WAIT_S):
+                    self._call("on_request", req)
+
+    def _dispatch(self) -> int:
+        n = 0
+        for cfg in self.r_config.take(0):
+            n += 1
+            self._apply_config(cfg)
+        for cmd in self.r_command.take(0):
+            n += 1
+            if cmd.target in (self.name, "*") and cmd.command == "shutdown":
+                self._stop.set()
+        for req in self.r_request.take(0):
+            n += 1
+            self._call("on_request", req)
+        for ev in self.r_event.take(0):
+            n += 1
+            if ev.source != self.name:
+                self._call("on_event", ev)
+        for c in self.r_cancel.take(0):
+            n += 1
+            self._call("on_cancel", c)
+        return n
+
+    def _call(self, method: str, msg) -> None:
+        fn = getattr(self.compute, method, None)
+        if fn is None:
+            return
+        try:
+            fn(msg)
+        except Exception as e:
+            # A bug on one request must not take the stage down: fail that request.
+            traceback.print_exc()
+            rid = getattr(msg, "request_id", "")
+            if rid:
+                self.finish(rid, "error", detail=f"{self.name}: {type(e).__name__}: {e}")
+
+    def _apply_config(self, cfg) -> None:
+        try:
+            value = json.loads(cfg.value_json)
+        except ValueError:
+            self.ctx.log(f"config {cfg.name}: value is not JSON: {cfg.value_json!r}")
+            return
+        self.ctx.config[cfg.name] = value
+        fn = getattr(self.compute, "on_config", None)
+        if fn is not None:
+            fn(cfg.name, value)
+        # Say so on the state topic, so tools (and tests) see the value arrived.
+        self._publish_state(self.lifecycle.state, request_id=cfg.request_id,
+                            detail=f"config {cfg.name}={cfg.value_json} applied")
+
+    # --- request bookkeeping (called through StageContext) --------------------------------
+    def begin(self, rid: str) -> None:
+        with self._lock:
+            if rid in self.in_flight:
+                return
+            self.in_flight[rid] = time.monotonic_ns()
+        self.emit("started", rid)
+        if self.lifecycle.state == State.READY:
+            self.lifecycle.to(State.BUSY)
+
+    def emit(self, kind: str, rid: str, **fields) -> None:
+        from control.messages import StageEvent
+
+        self.w_event.write(StageEvent(request_id=rid, kind=kind, **fields))
+
+    def finish(self, rid: str, kind: str, **fields) -> None:
+        from control.messages import TraceSpan
+
+        with self._lock:
+            start = self.in_flight.pop(rid, None)
+            idle = not self.in_flight
+        self.emit(kind, rid, **fields)
+        if start is not None:
+            self.w_trace.write(TraceSpan(request_id=rid, name=f"{self.name}.{kind}", pid=self.pid,
+                                         start_mono_ns=start, end_mono_ns=time.monotonic_ns()))
+        if idle and self.lifecycle.state == State.BUSY:
+            self.lifecycle.to(State.READY)
+
+    # --- state and heartbeats -----------------------------------------------------------
+    def _on_state_change(self, old: State, new: State) -> None:
+        self._publish_state(new)
+
+    def _publish_state(self, state: State, *, detail: str = "", request_id: str = "") -> None:
+        from control.messages import StageState
+
+        self.w_state.write(StageState(stage=self.name, request_id=request_id, state=state.value,
+                                      pid=self.pid, cores=list(self.cores),
+                                      restarts=self.restarts, detail=detail))
+
+    def _heartbeat_loop(self) -> None:
+        from control.messages import Heartbeat
+
+        period = self.spec.heartbeat_s
+        while not self._stop.is_set():
+            self._hb_seq += 1
+            try:
+                self.w_hb.write(Heartbeat(stage=self.name, seq=self._hb_seq, pid=self.pid,
+                                          state=self.lifecycle.state.value,
+                                          in_flight=len(self.in_flight)))
+            except Exception:
+                if self._stop.is_set() or self.plane.closed:
+                    return
+                raise
+            self._stop.wait(period)
+
+    # --- shutdown -----------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        try:
+            if self.lifecycle.state not in (State.STOPPING, State.DEAD):
+                self.lifecycle.to(State.STOPPING)
+            close = getattr(self.compute, "close", None)
+            if close is not None:
+                close()
+            if self.ctx is not None:
+                self.ctx.close()
+            self.lifecycle.to(State.DEAD)
+        finally:
+            if self._hb is not None:
+                self._hb.join(timeout=2.0)
+            if self.plane is not None:
+                # Let the last state reach the readers before the participant goes away.
+                time.sleep(0.05)
+                self.plane.close()
