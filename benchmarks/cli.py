@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCH_MODULES: list[str] = []
+BENCH_MODULES: list[str] = ["benchmarks.audio"]
 
 
 def register(subparsers) -> None:
