@@ -40,6 +40,15 @@ from .streaming import (DONE, ChunkBuilder, completion_body, logprobs_dict, new_
 log = logging.getLogger("autoglm.gateway")
 
 
+def _trace_prepare(client, request_id: str, t_arrival: float, t_prepare: float) -> None:
+    """gateway.receive (arrival .. prepare starts) and gateway.media_decode (prepare) spans,
+    when the pipeline client carries a tracer (profiler.emit.SpanEmitter)."""
+    tracer = getattr(client, "tracer", None)
+    if tracer is not None:
+        tracer.emit("gateway.receive", request_id, int(t_arrival * 1e9), int(t_prepare * 1e9))
+        tracer.emit("gateway.media_decode", request_id, int(t_prepare * 1e9))
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status)
 
@@ -92,6 +101,7 @@ class Gateway:
         except APIError as err:
             return error_response(err)
         req, options = prepared.request, prepared.options
+        _trace_prepare(self.client, req.request_id, t_arrival, t0)
         completion_id = req.request_id
         model = self.config.served_name
         key = None

@@ -61,12 +61,14 @@ class ShmPipelineClient:
         from control import topics as t
         from control.aio import AsyncReader
         from control.plane import ControlPlane
+        from profiler.emit import SpanEmitter
         from shm.ring import Ring
 
         # The participant is created here, in the serving process (never before a fork).
         self._plane = ControlPlane(self.instance, self.node_name)
         self._w_request = self._plane.writer(t.REQUEST)
         self._w_cancel = self._plane.writer(t.CANCEL)
+        self.tracer = SpanEmitter(self._plane)  # trace spans for `autoglm profile`
         self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
         self._state_reader = self._plane.reader(t.STAGE_STATE)
         self._ring_reader = Ring.attach(self.instance, self.channels["tokens"]).reader(start="latest")
@@ -153,6 +155,7 @@ class ShmPipelineClient:
         from control.messages import Request, SamplingParams, pack_extra
         from runtime.compute import shm_ref
 
+        t_shm = time.monotonic_ns()  # the gateway.shm_write span starts
         modalities, media = [], []
         for im in req.images:
             ref = self._pool(self.channels["frames"]).put(im.frame, readers=1,
@@ -185,6 +188,8 @@ class ShmPipelineClient:
             extra=pack_extra(extra))
         if prompt is not None:
             msg.prompt = prompt
+        if getattr(self, "tracer", None) is not None:
+            self.tracer.emit("gateway.shm_write", req.request_id, t_shm, n_media=len(media))
         return msg
 
     async def cancel(self, request_id: str) -> None:

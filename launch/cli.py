@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "launch.node_cli",
     "launch.topic_cli",
     "execution.cli",
+    "profiler.cli",
 ]
 
 

@@ -1,0 +1,176 @@
+"""`autoglm profile`: per-stage and per-hop latency of a live pipeline or a recording.
+
+    autoglm profile --instance NAME                 live tables, refreshed every second
+    autoglm profile --instance NAME --duration 30 --record spans.jsonl --out trace.json
+    autoglm profile --input spans.jsonl --request chatcmpl-...   where one request's time went
+    autoglm profile --measure-cost                  what emitting a span costs a stage
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "profile", help="latency per stage and per hop, live or from a recording",
+        description="Reads the trace spans of a running pipeline (--instance, as a passive "
+                    "best-effort observer) or of a recording (--input) and shows count and "
+                    "p50/p90/p99/max latency per stage and per hop between stages.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--instance", help="attach to this running pipeline instance")
+    src.add_argument("--input", metavar="FILE", help="read a recording made with --record")
+    p.add_argument("--domain-id", type=int, default=None,
+                   help="DDS domain id when the instance runs on an explicit one")
+    p.add_argument("--duration", type=float, default=None,
+                   help="live: stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--refresh", type=float, default=1.0,
+                   help="live: seconds between redraws (default: %(default)s)")
+    p.add_argument("--request", metavar="ID",
+                   help="show where this request's time went (live: waits for its response)")
+    p.add_argument("--out", metavar="TRACE.json", help="write a Chrome/Perfetto trace file")
+    p.add_argument("--record", metavar="FILE", help="save the spans (JSON lines) for --input")
+    p.add_argument("--percentiles", default="50,90,99",
+                   help="comma-separated percentiles (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the final tables as JSON")
+    p.add_argument("--measure-cost", nargs="?", const=5000, type=int, metavar="N",
+                   help="measure span emission cost (N spans, default 5000) with and "
+                        "without a profiler attached, then exit")
+    p.set_defaults(func=_run)
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        qs = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"autoglm profile: --percentiles must be numbers like 50,90,99, "
+                         f"got {text!r}") from None
+    if not qs or any(not 0 <= q <= 100 for q in qs):
+        raise SystemExit(f"autoglm profile: percentiles must lie in 0..100, got {text!r}")
+    return qs
+
+
+def _run(args) -> int:
+    if args.measure_cost is not None:
+        from .cost import format_cost, measure_emission_cost
+
+        if args.measure_cost < 10:
+            raise SystemExit("autoglm profile: --measure-cost needs at least 10 spans")
+        cost = measure_emission_cost(args.measure_cost)
+        print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
+        return 0
+    if not args.instance and not args.input:
+        raise SystemExit("autoglm profile: give --instance NAME (live) or --input FILE "
+                         "(a recording)")
+    qs = _percentiles(args.percentiles)
+    if args.refresh <= 0:
+        raise SystemExit("autoglm profile: --refresh must be positive")
+    if args.input:
+        from .recording import read_recording, write_recording
+
+        try:
+            _, spans = read_recording(args.input)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"autoglm profile: {e}") from None
+        if args.record:
+            write_recording(args.record, spans)
+    else:
+        spans = _live(args, qs)
+    return _final(args, spans, qs)
+
+
+def _live(args, qs) -> list:
+    from control.naming import validate_instance
+
+    from .collect import SpanCollector
+    from .recording import RecordingWriter
+    from .spans import GATEWAY_RESPONSE_SENT
+
+    try:
+        validate_instance(args.instance)
+    except ValueError as e:
+        raise SystemExit(f"autoglm profile: {e}") from None
+    recorder = None
+    if args.record:
+        try:
+            recorder = RecordingWriter(args.record, args.instance)
+        except OSError as e:
+            raise SystemExit(f"autoglm profile: {e}") from None
+    tty = sys.stdout.isatty()
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    collector = SpanCollector(args.instance, domain_id=args.domain_id,
+                              on_span=recorder.write if recorder else None)
+    print(f"attached to instance {args.instance!r} (domain {collector.plane.domain_id}); "
+          f"reading {'' if args.duration is None else f'for {args.duration:g} s '}"
+          "— Ctrl-C to stop", file=sys.stderr)
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            wait = args.refresh if deadline is None else min(args.refresh,
+                                                              max(0.0, deadline - time.monotonic()))
+            if args.request:
+                done = collector.wait_for(lambda ss: any(
+                    s.request_id == args.request and s.name == GATEWAY_RESPONSE_SENT
+                    for s in ss), wait)
+                if done:
+                    time.sleep(0.2)  # stragglers of the same request
+                    break
+            else:
+                time.sleep(wait)
+            if tty and not args.json:
+                sys.stdout.write(_screen(args.instance, collector.spans(), qs, live=True))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        spans = collector.spans()
+        collector.close()
+        if recorder is not None:
+            recorder.close()
+            print(f"recorded {recorder.count} spans to {args.record}", file=sys.stderr)
+    return spans
+
+
+def _screen(title: str, spans, qs, live: bool) -> str:
+    from .stats import hop_table, stage_table
+    from .view import CLEAR, latency_table
+
+    head = f"autoglm profile — {title} — {len(spans)} spans, " \
+           f"{len({s.request_id for s in spans})} requests (latencies in ms)\n\n"
+    body = latency_table("stage span", stage_table(spans, qs), qs) + "\n\n" + \
+        latency_table("hop", hop_table(spans, qs), qs) + "\n"
+    return (CLEAR if live else "") + head + body
+
+
+def _final(args, spans, qs) -> int:
+    from .stats import hop_table, overhead_report, request_breakdown, stage_table
+    from .view import breakdown_table, overhead_lines
+
+    if args.out:
+        from .perfetto import write_trace
+
+        try:
+            n = write_trace(args.out, spans)
+        except OSError as e:
+            raise SystemExit(f"autoglm profile: cannot write {args.out}: {e}") from None
+        print(f"wrote {n} spans to {args.out} (open in https://ui.perfetto.dev)", file=sys.stderr)
+    mine = [s for s in spans if s.request_id == args.request] if args.request else None
+    if args.request and not mine:
+        raise SystemExit(f"autoglm profile: no spans of request {args.request!r} "
+                         f"({len(spans)} spans read)")
+    if args.json:
+        doc = {"spans": len(spans),
+               "stages": {k: v.to_json_obj() for k, v in stage_table(spans, qs).items()},
+               "hops": {k: v.to_json_obj() for k, v in hop_table(spans, qs).items()},
+               "overhead": overhead_report(spans)}
+        if mine is not None:
+            doc["request"] = {"id": args.request, "spans": request_breakdown(mine)}
+        print(json.dumps(doc, indent=2))
+        return 0
+    title = args.input or args.instance
+    if mine is not None:
+        print(breakdown_table(args.request, request_breakdown(mine)))
+        return 0
+    print(_screen(title, spans, qs, live=False))
+    print(overhead_lines(overhead_report(spans)))
+    return 0

@@ -1,0 +1,103 @@
+"""Emitting trace spans from a stage: one writer of the control plane's trace topic per process.
+
+    from profiler.emit import SpanEmitter
+    tracer = SpanEmitter(plane)                  # or SpanEmitter(existing_trace_writer)
+    with tracer.span("vision.encode", request_id, tokens=24):
+        ...                                      # timed with time.monotonic_ns()
+    t0 = time.monotonic_ns(); ...; tracer.emit("gateway.shm_write", rid, t0)   # end = now
+    tracer.mark("decision.first_token", rid)     # an instant
+
+Every timestamp is ``time.monotonic_ns()``: one clock for all processes of the machine.
+The trace topic is best-effort keep-last (control.topics.TRACE), so writing never blocks a
+stage on a slow or absent profiler; and emission never raises into the stage: a span that
+cannot be written (plane closed during shutdown) is counted in ``dropped`` and forgotten.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Iterator
+
+_now = time.monotonic_ns
+
+
+class SpanEmitter:
+    """Writes TraceSpan messages for one process. Not thread-safe per instance beyond what
+    the DDS writer guarantees (Cyclone writers may be shared between threads)."""
+
+    def __init__(self, plane_or_writer, *, enabled: bool = True) -> None:
+        from control import topics as t
+        from control.messages import TraceSpan
+        from control.plane import ControlPlane, Writer
+
+        if isinstance(plane_or_writer, ControlPlane):
+            self._writer = plane_or_writer.writer(t.TRACE_SPAN)
+        elif isinstance(plane_or_writer, Writer):
+            if plane_or_writer.spec.name != t.TRACE_SPAN.name:
+                raise ValueError(f"SpanEmitter needs a writer of {t.TRACE_SPAN.name}, "
+                                 f"got one of {plane_or_writer.spec.name}")
+            self._writer = plane_or_writer
+        else:
+            raise TypeError("SpanEmitter takes a control.plane.ControlPlane or a trace-topic "
+                            f"Writer, not {type(plane_or_writer).__name__}")
+        self._msg_type = TraceSpan
+        self.enabled = enabled
+        self.pid = os.getpid()
+        self.emitted = 0
+        self.dropped = 0
+
+    def emit(self, name: str, request_id: str, start_ns: int, end_ns: int | None = None,
+             **attrs) -> None:
+        """One span from ``start_ns`` to ``end_ns`` (default: now), both monotonic ns."""
+        if not self.enabled:
+            return
+        end = _now() if end_ns is None else end_ns
+        msg = self._msg_type(request_id=request_id, name=name, pid=self.pid,
+                             start_mono_ns=int(start_ns), end_mono_ns=int(end),
+                             attrs_json=json.dumps(attrs, separators=(",", ":"),
+                                                   default=str) if attrs else "")
+        try:
+            self._writer.write(msg)
+            self.emitted += 1
+        except Exception:  # a closed plane at shutdown: tracing must never fail the stage
+            self.dropped += 1
+
+    def mark(self, name: str, request_id: str, at_ns: int | None = None, **attrs) -> None:
+        """An instant span (start == end)."""
+        t = _now() if at_ns is None else at_ns
+        self.emit(name, request_id, t, t, **attrs)
+
+    @contextlib.contextmanager
+    def span(self, name: str, request_id: str, **attrs) -> Iterator[dict]:
+        """Time the ``with`` body. The yielded dict may be filled with more attributes; a body
+        that raises still leaves its span, with ``error`` set."""
+        start = _now()
+        extra: dict = {}
+        try:
+            yield extra
+        except BaseException as e:
+            extra["error"] = type(e).__name__
+            raise
+        finally:
+            self.emit(name, request_id, start, _now(), **attrs, **extra)
+
+
+def emit_span(writer_or_emitter, name: str, request_id: str, start_ns: int,
+              end_ns: int | None = None, **attrs) -> None:
+    """One-line emission for call sites that hold a trace writer (e.g. the stage runtime's
+    ``w_trace``) rather than a SpanEmitter."""
+    em = writer_or_emitter if isinstance(writer_or_emitter, SpanEmitter) else \
+        _emitter_for(writer_or_emitter)
+    em.emit(name, request_id, start_ns, end_ns, **attrs)
+
+
+_emitters: dict[int, SpanEmitter] = {}
+
+
+def _emitter_for(writer) -> SpanEmitter:
+    em = _emitters.get(id(writer))
+    if em is None or em._writer is not writer:
+        em = _emitters[id(writer)] = SpanEmitter(writer)
+    return em

@@ -1,0 +1,130 @@
+"""`autoglm bench serve` against a real HTTP server streaming at a known pace
+(tests/profiler/paced_server.py: first token after 200 ms, then one every 50 ms)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, unique_instance
+
+from benchmarks import serve
+
+TTFT_MS, ITL_MS, TOKENS = 200.0, 50.0, 6
+
+
+def _samples(n, out_len=TOKENS):
+    return [serve.SampleRequest([{"role": "user", "content": f"hi {i}"}], 2, out_len) for i in range(n)]
+
+
+def _run(base_url, n=4, **kw):
+    return asyncio.run(serve.run_benchmark(base_url=base_url, endpoint="/v1/chat/completions",
+                                           model="paced", api_key="k", samples=_samples(n),
+                                           progress=False, **kw))
+
+
+def _close(value, target, rel=0.10):
+    return abs(value - target) <= rel * target
+
+
+def test_ttft_tpot_itl_match_the_server_pace(paced_server):
+    url = paced_server("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--tokens", str(TOKENS))
+    outputs, duration = _run(url, n=4, max_concurrency=2)
+    assert all(o.success for o in outputs), [o.error for o in outputs]
+    m = serve.compute_metrics(outputs, duration, [50, 90, 99], {"ttft": 1000, "tpot": 100})
+    assert m["completed"] == 4 and m["total_output_tokens"] == 4 * TOKENS
+    assert m["total_input_tokens"] == 4 * 11  # the server's usage.prompt_tokens
+    assert _close(m["mean_ttft_ms"], TTFT_MS), m["mean_ttft_ms"]
+    assert _close(m["median_tpot_ms"], ITL_MS), m["median_tpot_ms"]
+    assert _close(m["median_itl_ms"], ITL_MS), m["median_itl_ms"]
+    assert _close(m["p99_itl_ms"], ITL_MS, 0.3)
+    e2e = TTFT_MS + (TOKENS - 1) * ITL_MS
+    assert _close(m["median_e2el_ms"], e2e), m["median_e2el_ms"]
+    # reasoning and content chunks both count; pooled ITL has (tokens - 1) gaps per request.
+    assert all(o.chunks == TOKENS and len(o.itl) == TOKENS - 1 for o in outputs)
+    assert all(o.generated_text.startswith("w0 r1 ") for o in outputs)
+    # 4 requests, 2 at a time: two waves of ~450 ms.
+    assert _close(duration, 2 * e2e / 1e3, 0.25), duration
+    assert m["request_goodput"] == pytest.approx(4 / duration)
+    strict = serve.compute_metrics(outputs, duration, [99], {"ttft": TTFT_MS / 2})
+    assert strict["request_goodput"] == 0
+
+
+def test_token_count_falls_back_to_chunks_without_usage(paced_server):
+    url = paced_server("--ttft-ms", "50", "--itl-ms", "20", "--tokens", "4", "--no-usage")
+    outputs, duration = _run(url, n=2)
+    assert all(o.success and not o.usage_reported and o.output_tokens == 4 for o in outputs)
+    m = serve.compute_metrics(outputs, duration, [99])
+    assert m["total_input_tokens"] == 2 * 2  # the dataset's own estimate
+    assert _close(m["median_tpot_ms"], 20, 0.25)
+
+
+def test_failures_are_reported_not_counted(paced_server):
+    outputs, duration = asyncio.run(serve.run_benchmark(
+        base_url="http://127.0.0.1:9", endpoint="/v1/chat/completions", model="m", api_key=None,
+        samples=_samples(2), test_request=False, progress=False))
+    assert not any(o.success for o in outputs) and all("Connect" in o.error for o in outputs)
+    m = serve.compute_metrics(outputs, duration, [99])
+    assert m["completed"] == 0 and m["failed"] == 2
+
+
+def test_arrival_gaps_are_poisson_or_gamma():
+    gaps = np.array(serve.arrival_gaps(20000, 50.0, 1.0, seed=1))
+    assert _close(gaps.mean(), 1 / 50, 0.03)
+    assert _close(gaps.std(), 1 / 50, 0.05)  # exponential: std == mean
+    bursty = np.array(serve.arrival_gaps(20000, 50.0, 0.25, seed=1))
+    assert _close(bursty.mean(), 1 / 50, 0.05) and bursty.std() > 1.8 * bursty.mean()
+    assert serve.arrival_gaps(3, math.inf, 1.0, 0) == [0.0, 0.0, 0.0]
+
+
+def test_synthetic_media_are_valid():
+    import io
+    import wave
+
+    from PIL import Image
+
+    png = serve.synthetic_screen_png(1080, 2400, 0)
+    assert Image.open(io.BytesIO(png)).size == (1080, 2400)
+    with wave.open(io.BytesIO(serve.synthetic_wav(1.5, 0))) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 24000)
+
+
+def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server, tmp_path):
+    instance = unique_instance("bench")
+    url = paced_server("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--tokens", str(TOKENS),
+                       "--instance", instance)
+    out = tmp_path / "serve.json"
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "serve", "--base-url", url,
+                        "--num-prompts", "3", "--request-rate", "20", "--percentiles", "50,90,99",
+                        "--dataset", "random-image", "--image-size", "108x240",
+                        "--goodput", "ttft:1000", "e2el:5000", "--instance", instance,
+                        "--result-file", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Serving Benchmark Result" in r.stdout and "P90 TTFT (ms):" in r.stdout
+    assert "3/3" in r.stderr  # the progress line
+    res = json.loads(out.read_text())
+    assert res["model"] == "paced" and res["completed"] == 3 and res["request_goodput"] > 0
+    assert _close(res["median_ttft_ms"], TTFT_MS) and _close(res["median_itl_ms"], ITL_MS)
+    assert len(res["request_ids"]) == 3 and all(i.startswith("chatcmpl-") for i in res["request_ids"])
+    ov = res["pipeline_overhead"]
+    # The test request is not one of the benchmark's: only the 3 are reported.
+    assert ov["requests"] == 3 and ov["complete_requests"] == 3
+    compute = TTFT_MS + (TOKENS - 1) * ITL_MS
+    assert _close(ov["compute"]["p50_ms"], compute)
+    assert 0 <= ov["overhead"]["p50_ms"] < 0.1 * compute
+
+
+def test_bad_arguments_are_named():
+    for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
+                      (["--percentiles", "0,50"], "percentiles must lie in"),
+                      (["--request-rate", "0"], "--request-rate must be positive"),
+                      (["--image-size", "10by20", "--dataset", "random-image"], "--image-size must be WxH")):
+        r = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "serve", "--model", "m",
+                            "--base-url", "http://127.0.0.1:9", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and msg in r.stderr, (args, r.stderr)

@@ -1,0 +1,126 @@
+"""Statistics, recording format and the emitter, on real spans (the emitter over real DDS)."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from conftest import unique_instance
+
+from profiler.recording import read_recording, write_recording
+from profiler.spans import Span
+from profiler.stats import overhead_report, request_hops, summarize_ns, union_ns
+
+MS = 1_000_000
+
+
+def sp(name, source, start_ms, end_ms, rid="r", pid=None):
+    return Span(rid, name, source, pid or hash(source) % 10000, int(start_ms * MS), int(end_ms * MS))
+
+
+def test_summary_percentiles_are_numpy_linear():
+    vals = list(np.random.default_rng(0).integers(1, 10**8, size=101))
+    s = summarize_ns(vals, (50, 90, 99))
+    for q in (50, 90, 99):
+        assert s.p(q) == pytest.approx(np.percentile(np.array(vals) / 1e6, q))
+    assert s.max_ms == pytest.approx(max(vals) / 1e6) and s.count == 101
+    assert summarize_ns([]).count == 0
+
+
+def test_union_counts_overlap_once():
+    assert union_ns([(0, 10), (5, 20), (30, 40)]) == 30
+    assert union_ns([]) == 0
+
+
+def test_hops_pair_each_stage_with_what_woke_it():
+    # admission lasts while decision waits for the modalities (as the stage defines it).
+    spans = [sp("gateway.shm_write", "gateway", 0, 1), sp("vision.encode", "vision", 2, 10),
+             sp("audio.encode", "audio", 1.5, 6), sp("decision.admission", "decision", 1.2, 10.4),
+             sp("decision.prefill", "decision", 10.5, 20), sp("decision.token", "decision", 20, 25),
+             sp("gateway.response_sent", "gateway", 26, 27)]
+    hops = dict(request_hops(spans))
+    assert hops["gateway.shm_write -> vision.encode"] == 1 * MS
+    assert hops["gateway.shm_write -> audio.encode"] == int(0.5 * MS)
+    assert hops["gateway.shm_write -> decision.admission"] == int(0.2 * MS)
+    # prefill waited for the later of vision and audio: vision.
+    assert hops["vision.encode -> decision.prefill"] == int(0.5 * MS)
+    # token spans take part in no hop; the response follows the prefill's hop chain.
+    assert "decision.prefill -> gateway.response_sent" in hops
+    assert not any("decision.token" in h for h in hops)
+
+
+def test_overhead_is_e2e_minus_compute_union():
+    spans = [sp("gateway.receive", "gateway", 0, 1), sp("vision.encode", "vision", 2, 12),
+             sp("audio.encode", "audio", 4, 10), sp("decision.prefill", "decision", 13, 23),
+             sp("decision.token", "decision", 23, 28), sp("gateway.shm_write", "gateway", 1, 1.05),
+             sp("gateway.response_sent", "gateway", 29, 30)]
+    rep = overhead_report(spans)
+    assert rep["e2e"]["p50_ms"] == pytest.approx(30)
+    assert rep["compute"]["p50_ms"] == pytest.approx(10 + 10 + 5)
+    assert rep["overhead"]["p50_ms"] == pytest.approx(5)
+    assert rep["shm_handoff"]["p50_ms"] == pytest.approx(0.05)
+    assert overhead_report(spans, request_ids=["other"])["requests"] == 0
+
+
+def test_recording_round_trip_and_errors(tmp_path):
+    spans = [Span("r1", "vision.encode", "vision", 7, 10, 20, {"tokens": 24}),
+             Span("r1", "decision.first_token", "decision", 8, 30, 30)]
+    path = tmp_path / "rec.jsonl"
+    assert write_recording(path, spans, instance="x") == 2
+    header, back = read_recording(path)
+    assert back == spans and back[0].attrs == {"tokens": 24} and header["instance"] == "x"
+    (tmp_path / "bad.jsonl").write_text('{"not": "a recording"}\n')
+    with pytest.raises(ValueError, match="not an autoglm trace recording"):
+        read_recording(tmp_path / "bad.jsonl")
+    lines = path.read_text().splitlines()
+    (tmp_path / "bad2.jsonl").write_text(lines[0] + "\n" + '{"request_id": "r", "name": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad2.jsonl:2: span record lacks field"):
+        read_recording(tmp_path / "bad2.jsonl")
+    with pytest.raises(FileNotFoundError):
+        read_recording(tmp_path / "missing.jsonl")
+
+
+def test_emitter_over_dds_times_spans_and_never_raises_after_close():
+    from control.plane import ControlPlane
+
+    from profiler.collect import SpanCollector
+    from profiler.emit import SpanEmitter, emit_span
+
+    instance = unique_instance("emit")
+    with SpanCollector(instance, node_name="test-collector") as col:
+        plane = ControlPlane(instance, "emitter")
+        em = SpanEmitter(plane)
+        assert em._writer.wait_for_readers(1, timeout=10)
+        with em.span("vision.encode", "r1", tokens=3) as extra:
+            time.sleep(0.02)
+            extra["batch"] = 2
+        with pytest.raises(KeyError):
+            with em.span("decision.prefill", "r1"):
+                raise KeyError("boom")
+        em.mark("decision.first_token", "r1")
+        t0 = time.monotonic_ns()
+        emit_span(em._writer, "gateway.shm_write", "r1", t0, t0 + 5000, bytes=10)
+        assert col.wait_for(lambda ss: len(ss) >= 4, timeout=10)
+        got = {s.name: s for s in col.spans()}
+        enc = got["vision.encode"]
+        assert 20 <= enc.duration_ns / 1e6 < 40 and enc.attrs == {"tokens": 3, "batch": 2}
+        assert enc.source == "emitter" and enc.pid == plane.pid
+        assert got["decision.prefill"].attrs == {"error": "KeyError"}
+        assert got["decision.first_token"].instant
+        assert got["gateway.shm_write"].duration_ns == 5000
+        plane.close()
+        em.emit("late.span", "r1", 0)  # the plane is gone: counted, not raised
+        assert em.dropped == 1 and em.emitted == 3  # the 4th went through emit_span's own
+    with pytest.raises(TypeError, match="SpanEmitter takes"):
+        SpanEmitter(object())
+
+
+def test_emission_cost_is_measured_with_and_without_a_profiler():
+    from profiler.cost import measure_emission_cost
+
+    c = measure_emission_cost(300)
+    for key in ("without_profiler", "with_profiler"):
+        assert 0 < c[key]["median_us"] < 5000
+    # The attached profiler really received (most of) what was written.
+    assert c["with_profiler"]["received_by_profiler"] > 0.5 * c["with_profiler"]["written_while_attached"]
