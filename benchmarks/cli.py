@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCH_MODULES: list[str] = ["benchmarks.audio", "benchmarks.serve"]
+BENCH_MODULES: list[str] = ["benchmarks.audio", "benchmarks.decode", "benchmarks.serve"]
 
 
 def register(subparsers) -> None:

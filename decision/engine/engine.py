@@ -1,0 +1,346 @@
+"""The decision engine: continuous batching over a paged KV cache, as a library.
+
+    engine = LLMEngine(decoder, EngineConfig(...))
+    engine.add_request("r1", prompt_ids, SamplingParams(...), modalities=[...], mrope_positions=...)
+    engine.provide_modality("r1", "image0", embeddings)     # when the vision stage delivers
+    records = engine.step()                                  # new tokens of every request
+
+The stage process around it owns the transport (DDS events, shm rings); the engine only keeps
+request state, schedules, runs the decoder and samples. A request waits until every
+modality it declared has arrived and nothing else; requests join and leave between steps.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .block_manager import BlockManager
+from .kv_cache import PagedKVCache, PrefillChunk, StepAttention, plan_num_blocks
+from .request import (FinishReason, ModalityInput, Request, RequestStatus, TokenRecord)
+from .sampling import SamplerState, SamplingParams, sample
+from .scheduler import ScheduledChunk, Scheduler
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    max_num_seqs: int = 64
+    # Tokens computed per step at most (decodes + prefill chunks): the chunked-prefill size.
+    max_num_batched_tokens: int = 2048
+    # None: the model's max_position_embeddings.
+    max_model_len: int | None = None
+    # KV cache budget: num_blocks, else kv_cache_bytes, else (CUDA only) free memory less
+    # (1 - gpu_memory_utilization) of the total.
+    gpu_memory_utilization: float = 0.9
+    kv_cache_bytes: int | None = None
+    num_blocks: int | None = None
+    enable_prefix_cache: bool = True
+    # CUDA graphs for decode-only steps (ignored off CUDA).
+    cuda_graphs: bool = True
+    graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    # torch.compile the graphed decode step (fuses element-wise kernels; compile per bucket).
+    compile_decode: bool = False
+
+
+@dataclass
+class EngineStats:
+    prefill_tokens_computed: int = 0     # prompt (or recompute) rows run through the model
+    prefix_cache_hit_tokens: int = 0     # prompt tokens served from cached blocks
+    decode_tokens: int = 0
+    steps: int = 0
+    graph_steps: int = 0
+    preemptions: int = 0
+
+
+class EngineError(ValueError):
+    """A call into the engine is malformed (unknown request, bad shapes, duplicate id)."""
+
+
+class LLMEngine:
+    def __init__(self, model, config: EngineConfig | None = None):
+        self.model = model
+        self.config = cfg = config or EngineConfig()
+        text = model.config.text
+        weight = model.lm_head.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.vocab_size = text.vocab_size
+        self.hidden_size = text.hidden_size
+        self.max_model_len = cfg.max_model_len or text.max_position_embeddings
+        num_blocks = plan_num_blocks(
+            num_layers=text.num_hidden_layers, block_size=cfg.block_size,
+            kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=self.dtype,
+            device=self.device, gpu_memory_utilization=cfg.gpu_memory_utilization,
+            kv_cache_bytes=cfg.kv_cache_bytes, num_blocks=cfg.num_blocks)
+        self.cache = PagedKVCache(num_layers=text.num_hidden_layers, num_blocks=num_blocks,
+                                  block_size=cfg.block_size, kv_heads=text.num_key_value_heads,
+                                  head_dim=text.head_dim, dtype=self.dtype, device=self.device)
+        self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_cache)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.requests: dict[str, Request] = {}
+        self.stats = EngineStats()
+        self._next_index = itertools.count()
+        self._pending: list[TokenRecord] = []     # errors and cancels to report next step
+        self.graphs = None
+        if cfg.cuda_graphs and self.device.type == "cuda":
+            from .cuda_graphs import DecodeGraphRunner
+            max_blocks = -(-self.max_model_len // cfg.block_size)
+            self.graphs = DecodeGraphRunner(model, self.cache, cfg.graph_batch_sizes, max_blocks,
+                                            compile=cfg.compile_decode)
+
+    # --- requests in ---------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: Sequence[int],
+                    sampling: SamplingParams | None = None, *,
+                    modalities: Sequence[ModalityInput] = (),
+                    mrope_positions: torch.Tensor | None = None,
+                    inputs_embeds: torch.Tensor | None = None,
+                    cache_salt: str | None = None) -> int:
+        """Admit a request; returns its integer index (used in its token records).
+
+        modalities: embeddings this request waits for (see `provide_modality`).
+        mrope_positions [3, P]: the prompt's positions (default: 0..P-1 on all three).
+        inputs_embeds [P, H]: rows replacing the whole prompt's token embeddings; such a
+        request shares prefix-cache blocks only with others of the same `cache_salt`.
+        Malformed input raises EngineError; a request that can never fit the KV cache is
+        accepted and ends with finish reason "error" at the next step.
+        """
+        sampling = sampling or SamplingParams()
+        if request_id in self.requests:
+            raise EngineError(f"request {request_id!r} is already in the engine")
+        ids = [int(t) for t in prompt_token_ids]
+        p = len(ids)
+        if p == 0:
+            raise EngineError(f"request {request_id!r}: empty prompt")
+        if any(t < 0 or t >= self.vocab_size for t in ids):
+            bad = next(t for t in ids if t < 0 or t >= self.vocab_size)
+            raise EngineError(f"request {request_id!r}: token id {bad} outside the vocabulary "
+                              f"[0, {self.vocab_size})")
+        positions = self._check_positions(request_id, mrope_positions, p)
+        self._check_modalities(request_id, modalities, p)
+        if inputs_embeds is not None and tuple(inputs_embeds.shape) != (p, self.hidden_size):
+            raise EngineError(f"request {request_id!r}: inputs_embeds must be [{p}, "
+                              f"{self.hidden_size}], got {tuple(inputs_embeds.shape)}")
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds.to(device=self.device, dtype=self.dtype)
+        sampler = SamplerState.create(sampling, ids, self.vocab_size, self.device)
+        cacheable = inputs_embeds is None or cache_salt is not None
+        req = Request(request_id, next(self._next_index), ids, sampling, sampler, positions,
+                      modalities, inputs_embeds, cacheable, self.config.block_size,
+                      cache_salt=cache_salt)
+        self.requests[request_id] = req
+        problem = self._never_fits(req)
+        if problem:
+            self._finish(req, FinishReason.ERROR, error=problem)
+        elif req.status is RequestStatus.WAITING:
+            self.scheduler.add(req)
+        return req.index
+
+    def provide_modality(self, request_id: str, key: str, embeddings: torch.Tensor) -> None:
+        """Deliver the embedding rows of a declared modality; the request becomes runnable
+        once all its modalities are here."""
+        req = self._get(request_id)
+        if key not in req.modalities:
+            raise EngineError(f"request {request_id!r} declared no modality {key!r} "
+                              f"(declared: {sorted(req.modalities)})")
+        if req.status is not RequestStatus.WAITING_FOR_MODALITIES:
+            return  # finished (cancelled, error) or duplicate delivery: nothing to do
+        rows = len(req.modalities[key].positions)
+        if embeddings.dim() != 2 or tuple(embeddings.shape) != (rows, self.hidden_size):
+            raise EngineError(f"request {request_id!r} modality {key!r}: expected embeddings "
+                              f"[{rows}, {self.hidden_size}], got {tuple(embeddings.shape)}")
+        req.embeddings[key] = embeddings.to(device=self.device, dtype=self.dtype)
+        if not req.missing_modalities():
+            req.status = RequestStatus.WAITING
+            self.scheduler.add(req)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request; it ends with "cancelled" in the next step's records."""
+        req = self.requests.get(request_id)
+        if req is not None and req.status is not RequestStatus.FINISHED:
+            req.cancel_requested = True
+
+    # --- state ---------------------------------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        return bool(self.requests) or bool(self._pending)
+
+    def has_runnable(self) -> bool:
+        """Whether `step()` would do work now (requests waiting only for modalities do not count)."""
+        return (bool(self._pending) or bool(self.scheduler.waiting) or bool(self.scheduler.running)
+                or any(r.cancel_requested for r in self.requests.values()))
+
+    def status(self, request_id: str) -> RequestStatus:
+        return self._get(request_id).status
+
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_available()
+
+    # --- the step -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[TokenRecord]:
+        records, self._pending = self._pending, []
+        for req in [r for r in self.requests.values() if r.cancel_requested]:
+            records.append(self._finish(req, FinishReason.CANCELLED))
+        chunks = self.scheduler.schedule()
+        self.stats.preemptions = self.scheduler.num_preemptions
+        if not chunks:
+            return records
+        self.stats.steps += 1
+        logits = self._run_model(chunks)
+        sampling = [c for c in chunks if c.samples]
+        for c in chunks:
+            req = c.request
+            req.num_computed = c.end
+            if c.is_decode:
+                self.stats.decode_tokens += 1
+            else:
+                self.stats.prefill_tokens_computed += c.num_new
+            if req.cacheable:
+                self._register_full_blocks(req)
+        if sampling:
+            result = sample(logits, [c.request.sampler for c in sampling])
+            for i, c in enumerate(sampling):
+                records.append(self._append_token(c.request, result.token_ids[i],
+                                                  result.logprobs[i], result.top_logprobs[i]))
+        return records
+
+    # --- internals --------------------------------------------------------------------------------
+    def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Forward all scheduled rows; logits [n_sampling, V] of the rows that sample."""
+        bs = self.config.block_size
+        decodes = [c for c in chunks if c.is_decode]
+        if self.graphs is not None and len(decodes) == len(chunks):
+            out = self.graphs.try_run(
+                ids=[c.request.token_ids(c.start, c.end)[0] for c in chunks],
+                positions=torch.cat([c.request.position_ids(c.start, c.end) for c in chunks], 1),
+                slots=[c.request.blocks[c.start // bs] * bs + c.start % bs for c in chunks],
+                block_tables=[c.request.blocks for c in chunks],
+                context_lens=[c.end for c in chunks])
+            if out is not None:
+                self.stats.graph_steps += 1
+                return out
+        ids, positions, slots, sample_rows, prefill = [], [], [], [], []
+        row = 0
+        for c in chunks:
+            req = c.request
+            ids.extend(req.token_ids(c.start, c.end))
+            positions.append(req.position_ids(c.start, c.end))
+            slots.extend(req.blocks[t // bs] * bs + t % bs for t in range(c.start, c.end))
+            if not c.is_decode:
+                prefill.append((c, row))
+            row += c.num_new
+            if c.samples:
+                sample_rows.append(row - 1)
+        dev = self.device
+        ids_t = _to_device(torch.tensor(ids, dtype=torch.long), dev)
+        embeds = self.model.embed(ids_t)
+        for c, start in prefill:
+            for offsets, rows in c.request.embedding_rows(c.start, c.end):
+                embeds[_to_device(offsets + start, dev)] = rows.to(embeds.dtype)
+        table = lens = None
+        if decodes:
+            width = max(len(c.request.blocks) for c in decodes)
+            table = torch.zeros(len(decodes), width, dtype=torch.long)
+            for i, c in enumerate(decodes):
+                table[i, :len(c.request.blocks)] = torch.tensor(c.request.blocks)
+            table = _to_device(table, dev)
+            lens = _to_device(torch.tensor([c.end for c in decodes]), dev)
+        attn = StepAttention(
+            self.cache, _to_device(torch.tensor(slots, dtype=torch.long), dev),
+            decode_block_table=table, decode_context_lens=lens,
+            prefill=[PrefillChunk(start, c.num_new, c.end,
+                                  _to_device(torch.tensor(c.request.blocks[:-(-c.end // bs)]), dev))
+                     for c, start in prefill])
+        hidden = self.model.forward(embeds, _to_device(torch.cat(positions, 1), dev), attn)
+        if not sample_rows:
+            return hidden.new_zeros(0, self.vocab_size)
+        return self.model.logits(hidden[_to_device(torch.tensor(sample_rows), dev)])
+
+    def _register_full_blocks(self, req: Request) -> None:
+        full = req.num_computed // self.config.block_size
+        if full <= req.num_registered:
+            return
+        keys = req.block_keys(full)
+        for b in range(req.num_registered, full):
+            self.blocks.register(req.blocks[b], keys[b])
+        req.num_registered = full
+
+    def _append_token(self, req: Request, token: int, logprob, top) -> TokenRecord:
+        req.output_ids.append(token)
+        reason = None
+        if token in req.params.stop_token_ids:
+            reason = FinishReason.STOP
+        elif len(req.output_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
+            reason = FinishReason.LENGTH
+        if reason is None:
+            return TokenRecord(req.request_id, req.index, token, logprob, tuple(top), False)
+        self._finish(req, reason)
+        return TokenRecord(req.request_id, req.index, token, logprob, tuple(top), True, reason)
+
+    def _finish(self, req: Request, reason: FinishReason, error: str | None = None) -> TokenRecord:
+        if req.status in (RequestStatus.WAITING, RequestStatus.RUNNING):
+            self.scheduler.remove(req)
+        self.stats.prefix_cache_hit_tokens += req.cached_prompt_tokens
+        req.status = RequestStatus.FINISHED
+        req.finish_reason, req.error = reason, error
+        req.embeddings.clear()
+        self.requests.pop(req.request_id, None)
+        record = TokenRecord(req.request_id, req.index, -1, None, (), True, reason, error)
+        if reason is FinishReason.ERROR:
+            self._pending.append(record)
+        return record
+
+    def _never_fits(self, req: Request) -> str | None:
+        p = req.num_prompt
+        if p >= self.max_model_len:
+            return (f"prompt of {p} tokens does not fit max_model_len {self.max_model_len} "
+                    f"(at least one token must be generated)")
+        need_tokens = min(p + req.params.max_tokens, self.max_model_len)
+        need_blocks = -(-need_tokens // self.config.block_size)
+        have = self.blocks.usable_blocks
+        if need_blocks > have:
+            return (f"request needs {need_blocks} KV blocks ({need_tokens} tokens: prompt {p} + "
+                    f"max_tokens {req.params.max_tokens}) but the whole cache holds {have} blocks "
+                    f"({have * self.config.block_size} tokens); lower max_tokens or the prompt")
+        return None
+
+    def _check_positions(self, request_id, positions, p) -> torch.Tensor:
+        if positions is None:
+            return torch.arange(p, dtype=torch.long).expand(3, -1).contiguous()
+        positions = torch.as_tensor(positions)
+        if tuple(positions.shape) != (3, p):
+            raise EngineError(f"request {request_id!r}: mrope_positions must be [3, {p}], got "
+                              f"{tuple(positions.shape)}")
+        return positions.to("cpu", torch.long).contiguous()
+
+    def _check_modalities(self, request_id, modalities, p) -> None:
+        seen: set[int] = set()
+        keys: set[str] = set()
+        for m in modalities:
+            if m.key in keys:
+                raise EngineError(f"request {request_id!r}: modality key {m.key!r} declared twice")
+            keys.add(m.key)
+            pos = [int(x) for x in m.positions]
+            if not pos:
+                raise EngineError(f"request {request_id!r}: modality {m.key!r} has no positions")
+            bad = [x for x in pos if not 0 <= x < p]
+            if bad:
+                raise EngineError(f"request {request_id!r}: modality {m.key!r} position {bad[0]} "
+                                  f"outside the prompt [0, {p})")
+            if seen.intersection(pos) or len(set(pos)) != len(pos):
+                raise EngineError(f"request {request_id!r}: modality {m.key!r} positions overlap")
+            seen.update(pos)
+
+    def _get(self, request_id: str) -> Request:
+        req = self.requests.get(request_id)
+        if req is None:
+            raise EngineError(f"unknown request {request_id!r}")
+        return req
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to the device without a blocking copy on CUDA (pinned staging)."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

@@ -1,0 +1,157 @@
+"""One request's state inside the engine: tokens, positions, modality inputs, KV blocks."""
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .block_manager import block_key
+from .sampling import SamplerState, SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING_FOR_MODALITIES = "waiting_for_modalities"
+    WAITING = "waiting"            # ready, queued for (re)admission
+    RUNNING = "running"            # holds KV blocks, prefilling or decoding
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ModalityInput:
+    """Embedding rows a request declares: they replace the prompt rows at `positions`.
+
+    key: the name the stage uses when the embeddings arrive (e.g. "image0").
+    positions: prompt indices of the placeholder tokens, in the order of the rows.
+    content_hash: identifies the content (e.g. a hash of the image bytes) for prefix caching;
+    when absent the engine hashes the embeddings when they arrive.
+    """
+
+    key: str
+    positions: Sequence[int]
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What one step produced for one request: a token, or the end of the request."""
+
+    request_id: str
+    index: int                   # the engine's integer id of the request
+    token_id: int                # -1 when the record carries no token (cancel, error)
+    logprob: float | None
+    top_logprobs: tuple[tuple[int, float], ...]
+    finished: bool
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+class Request:
+    def __init__(self, request_id: str, index: int, prompt_ids: list[int],
+                 params: SamplingParams, sampler: SamplerState, positions: torch.Tensor,
+                 modalities: Sequence[ModalityInput], inputs_embeds: torch.Tensor | None,
+                 cacheable: bool, block_size: int, cache_salt: str | None = None):
+        self.request_id = request_id
+        self.index = index
+        self.prompt_ids = prompt_ids
+        self.output_ids: list[int] = []
+        self.params = params
+        self.sampler = sampler
+        self.positions = positions                  # [3, P] long, CPU
+        self.rope_delta = int(positions.max()) + 1 - len(prompt_ids)
+        self.modalities = {m.key: m for m in modalities}
+        self.modality_positions = {m.key: torch.as_tensor(list(m.positions), dtype=torch.long)
+                                   for m in modalities}
+        self.embeddings: dict[str, torch.Tensor] = {}
+        self.inputs_embeds = inputs_embeds
+        self.cacheable = cacheable
+        # Roots the key chain: requests with different salts never share blocks.
+        self.cache_salt = cache_salt
+        self.block_size = block_size
+        self.status = (RequestStatus.WAITING_FOR_MODALITIES if modalities
+                       else RequestStatus.WAITING)
+        self.blocks: list[int] = []
+        self.num_computed = 0
+        self.num_registered = 0                     # full blocks offered to the prefix cache
+        self._keys: list[bytes] = []
+        self.cached_prompt_tokens = 0               # prompt tokens served by the prefix cache
+        self.cancel_requested = False
+        self.finish_reason: FinishReason | None = None
+        self.error: str | None = None
+
+    # --- tokens and positions --------------------------------------------------------------
+    @property
+    def num_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        p = self.num_prompt
+        if end <= p:
+            return self.prompt_ids[start:end]
+        return (self.prompt_ids + self.output_ids)[start:end]
+
+    def position_ids(self, start: int, end: int) -> torch.Tensor:
+        """[3, end - start] positions: the prompt's own, then index + rope_delta."""
+        p = self.num_prompt
+        parts = []
+        if start < p:
+            parts.append(self.positions[:, start:min(end, p)])
+        if end > p:
+            gen = torch.arange(max(start, p), end, dtype=torch.long) + self.rope_delta
+            parts.append(gen.expand(3, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def embedding_rows(self, start: int, end: int):
+        """(offsets within [start, end), rows) that replace token embeddings in that range."""
+        out = []
+        if self.inputs_embeds is not None and start < self.num_prompt:
+            stop = min(end, self.num_prompt)
+            out.append((torch.arange(0, stop - start), self.inputs_embeds[start:stop]))
+        for key, pos in self.modality_positions.items():
+            sel = (pos >= start) & (pos < end)
+            if bool(sel.any()):
+                out.append((pos[sel] - start, self.embeddings[key][sel.to(self.embeddings[key].device)]))
+        return out
+
+    # --- modalities --------------------------------------------------------------------------
+    def missing_modalities(self) -> list[str]:
+        return [k for k in self.modalities if k not in self.embeddings]
+
+    def content_hash(self, key: str) -> str:
+        m = self.modalities[key]
+        if m.content_hash is not None:
+            return m.content_hash
+        emb = self.embeddings[key].detach().to("cpu").contiguous()
+        digest = hashlib.blake2b(emb.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest()
+        self.modalities[key] = ModalityInput(m.key, m.positions, digest)
+        return digest
+
+    # --- prefix-cache keys ---------------------------------------------------------------------
+    def block_keys(self, n_blocks: int) -> list[bytes]:
+        """Chained keys of the first `n_blocks` full blocks (tokens, positions, modality rows)."""
+        bs = self.block_size
+        while len(self._keys) < n_blocks:
+            b = len(self._keys)
+            start, end = b * bs, (b + 1) * bs
+            extra = [tuple(self.position_ids(start, end).flatten().tolist())]
+            for key, pos in self.modality_positions.items():
+                sel = ((pos >= start) & (pos < end)).nonzero().flatten().tolist()
+                if sel:
+                    extra.append((self.content_hash(key), sel[0], sel[-1]))
+            prev = self._keys[-1] if self._keys else (
+                b"salt:" + self.cache_salt.encode() if self.cache_salt is not None else None)
+            self._keys.append(block_key(prev, self.token_ids(start, end), tuple(extra)))
+        return self._keys[:n_blocks]
