@@ -172,8 +172,9 @@ def _endpoint_of(sample, names: dict) -> EndpointInfo:
         key=sample.key, participant_key=sample.participant_key,
         node=names.get(sample.participant_key, "?"), topic_name=sample.topic_name,
         type_name=sample.type_name,
-        reliable=rel is not None and type(rel).__name__ == "Reliable",
-        durability=type(dur).__name__ if dur is not None else "Volatile")
+        reliable=isinstance(rel, Policy.Reliability.Reliable),
+        # The policy classes are nested ("Durability.TransientLocal"): keep the last part.
+        durability=type(dur).__name__.rsplit(".", 1)[-1] if dur is not None else "Volatile")
 
 
 def list_topics(plane: ControlPlane, settle_s: float = DEFAULT_SETTLE_S) -> list[TopicInfo]:

@@ -148,6 +148,10 @@ def test_independent_process_late_joiner_heartbeats_discovery_and_garbage_uri(mo
             assert [e.node for e in hb.subscribers] == ["late-joiner"]
             assert hb.type_names == ["autoglm::control::Heartbeat"]
             assert by_name["autoglm/config"].publisher_count == 1
+            # Discovery reports each endpoint's QoS as the table set it.
+            assert [(e.reliable, e.durability) for e in hb.publishers] == [(False, "Volatile")]
+            config_pub, = by_name["autoglm/config"].publishers
+            assert (config_pub.reliable, config_pub.durability) == (True, "TransientLocal")
             assert by_name["autoglm/lifecycle/state"].publisher_count == 1
             assert by_name["autoglm/request"].publisher_count == 0
             assert by_name["autoglm/request"].known
