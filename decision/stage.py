@@ -1,9 +1,25 @@
-"""Minimal decision stage compute: waits for the embeddings a request needs, then writes token
-records into the `tokens` ring (one write, one doorbell ring).
+"""The decision stage: the GLM decoder behind the continuous-batching engine (params.compute =
+"model"), or the minimal stand-in of the plumbing tests (params.compute = "minimal").
 
-The tokens are a deterministic function of the embeddings (so a test can tell that the real
-slot contents arrived), not a language model; the GLM decoder with continuous batching replaces
-`generate()` later, keeping the same events and ring records.
+Model compute, per request (`Request` on DDS):
+1. prompt ids from the `prompts` slot the gateway wrote (int32; ``Request.prompt``), or from
+   ``Request.extra["prompt_token_ids"]`` when the instance has no prompts pool; the pool keeps
+   a 3,000-token screenshot prompt off the control plane;
+2. M-RoPE positions (decision.fusion.mrope_positions) from the image grids the gateway put in
+   ``extra["image_grids"]``; one declared modality per image (`image0`, `image1`, ...) and per
+   audio clip (`audio0`, ...) at its placeholder positions, and only those, so a text request
+   is scheduled at once and an image request waits only for the vision stage;
+3. `modality_ready` events (detail JSON ``{"key": "image0"}``) are read from the embeddings
+   slot, copied to the engine's device (`provide_modality`) and the slot given back;
+4. `engine.step()` runs while any request is schedulable; each step's tokens go into the
+   `tokens` ring as TOKEN_RECORDs with one write (one doorbell ring), the last one carrying
+   the engine's finish reason (stop / length / cancelled / error) and, when asked, logprobs;
+5. cancels (client gone) and upstream errors cancel the request in the engine;
+6. engine load (running / waiting / KV usage / prefix-cache queries and hits) goes a few times
+   a second into the `engine_stats` ring (runtime.records.ENGINE_STATS_RECORD), which the
+   gateway's /metrics reads.
+Idle, the stage sleeps in the runtime's DDS wait (10 ms slices); it steps only while a request
+is schedulable.
 """
 from __future__ import annotations
 
@@ -15,7 +31,7 @@ from runtime.compute import request_key, slot_ref
 from runtime.records import FLAG_LAST, TOKEN_RECORD
 
 
-class DecisionStage:
+class MinimalDecisionStage:
     def __init__(self, ctx):
         self.ctx = ctx
         self.max_tokens = int(ctx.params.get("max_tokens", 8))
@@ -117,5 +133,360 @@ class DecisionStage:
             self._writer.close()
 
 
+# =============================================================================================
+# The model compute
+# =============================================================================================
+import json  # noqa: E402
+
+EARLY_KEEP_S = 30.0       # embeddings announced before their request arrived are kept this long
+STATS_EVERY_S = 0.25      # engine_stats records at most this often while busy ...
+STATS_IDLE_EVERY_S = 1.0  # ... and this often while idle
+
+
+class ModelDecisionStage:
+    def __init__(self, ctx):
+        import torch
+
+        from decision.decoder import GlmDecoder
+        from decision.engine import EngineConfig, LLMEngine
+        from modelcore.config import ModelConfig
+        from modelcore.tokenizer import GlmTokenizer
+        from runtime.compute import audio_placeholder, resolve_model_dir, torch_device_dtype
+
+        self.ctx = ctx
+        p = ctx.params
+        self.model_dir = resolve_model_dir(ctx)
+        self.device, self.dtype = torch_device_dtype(ctx)
+        if self.device.type == "cpu" and p.get("threads"):
+            torch.set_num_threads(int(p["threads"]))
+        self.mcfg = ModelConfig.from_dir(self.model_dir)
+        tok = GlmTokenizer.from_dir(self.model_dir)
+        names = audio_placeholder(tok)
+        self.audio_token_id = tok.token_id(names[1]) if names else None
+        self.image_token_id = self.mcfg.image_token_id
+        self.merge = self.mcfg.vision.spatial_merge_size
+        self.decoder = GlmDecoder.from_pretrained(self.model_dir, dtype=self.dtype,
+                                                  device=self.device, config=self.mcfg)
+        kv_mb = p.get("kv_cache_mb")
+        self.engine_config = EngineConfig(
+            block_size=int(p.get("block_size", 16)),
+            max_num_seqs=int(p.get("max_num_seqs", 64)),
+            max_num_batched_tokens=int(p.get("max_num_batched_tokens", 2048)),
+            max_model_len=int(p["max_model_len"]) if p.get("max_model_len") else None,
+            gpu_memory_utilization=float(p.get("gpu_memory_utilization", 0.9)),
+            kv_cache_bytes=int(float(kv_mb) * 2**20) if kv_mb else (
+                None if self.device.type == "cuda" else 256 * 2**20),
+            enable_prefix_cache=bool(p.get("prefix_cache", True)),
+            cuda_graphs=bool(p.get("cuda_graphs", True)))
+        self._engine_cls = LLMEngine
+        self.engine = LLMEngine(self.decoder, self.engine_config)
+        self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "tokens"
+        self._writer = self.ctx.ring(self.out_channel).writer()
+        self._stats_writer = (self.ctx.ring("engine_stats").writer(doorbell=False)
+                              if "engine_stats" in ctx.launch.channels else None)
+        self._stats_at = 0.0
+        self.produced: dict[str, int] = {}        # request id -> tokens written so far
+        self.early: dict[str, list] = {}          # request id -> modality_ready events
+        self.early_at: dict[str, float] = {}
+        self.prefix_queries = 0
+        self.finished = 0
+        self._upstream_failed: set[str] = set()   # cancelled because a perception stage failed
+        ctx.log(f"decoder from {self.model_dir} on {self.device} ({self.dtype}); KV cache "
+                f"{self.engine.blocks.usable_blocks} blocks of {self.engine_config.block_size} "
+                f"tokens; max_model_len {self.engine.max_model_len}")
+
+    # --- requests in ---------------------------------------------------------------------
+    def on_request(self, req) -> None:
+        from control.messages import unpack_extra
+
+        rid = req.request_id
+        self.ctx.begin(rid)
+        try:
+            extra = unpack_extra(req.extra)
+            ids = self._prompt_ids(req, extra)
+            sampling = self._sampling(req, extra)
+            positions, modalities = self._layout(ids, req, extra)
+            self.engine.add_request(rid, ids, sampling, modalities=modalities,
+                                    mrope_positions=positions)
+        except Exception as e:
+            self._fail_unadmitted(rid, f"decision: cannot admit the request: {e}")
+            return
+        self.produced[rid] = 0
+        self.prefix_queries += len(ids)
+        for ev in self.early.pop(rid, []):
+            self._provide(ev)
+        self.early_at.pop(rid, None)
+
+    def _prompt_ids(self, req, extra) -> list[int]:
+        from runtime.compute import slot_ref
+
+        if req.prompt.channel:
+            ref = slot_ref(req.prompt)
+            with self.ctx.pool(ref.channel).view(ref) as arr:
+                ids = np.asarray(arr).astype(np.int64).tolist()
+        elif "prompt_token_ids" in extra:
+            ids = [int(i) for i in extra["prompt_token_ids"]]
+        else:
+            raise ValueError("the request carries no prompt (no prompts slot, no prompt_token_ids)")
+        if req.n_prompt_tokens and len(ids) != int(req.n_prompt_tokens):
+            raise ValueError(f"prompt has {len(ids)} ids, the request says {req.n_prompt_tokens}")
+        return ids
+
+    @staticmethod
+    def _sampling(req, extra):
+        from decision.engine import SamplingParams
+
+        s = req.sampling
+        logprobs = None
+        if extra.get("logprobs"):
+            logprobs = int(extra.get("top_logprobs") or 0)
+        # float32 on the wire: round so that 0.85 stays 0.85 (the sampler compares exactly).
+        return SamplingParams(
+            max_tokens=int(s.max_new_tokens), temperature=round(float(s.temperature), 6),
+            top_p=round(float(s.top_p), 6), top_k=int(s.top_k),
+            seed=None if int(s.seed) < 0 else int(s.seed),
+            stop_token_ids=tuple(int(t) for t in s.stop_token_ids),
+            repetition_penalty=round(float(s.repetition_penalty), 6),
+            frequency_penalty=float(extra.get("frequency_penalty") or 0.0),
+            presence_penalty=float(extra.get("presence_penalty") or 0.0),
+            logprobs=logprobs)
+
+    def _layout(self, ids, req, extra):
+        """M-RoPE positions and the declared modalities (placeholder positions of each)."""
+        from decision.engine import ModalityInput
+        from decision.fusion import image_token_count, mrope_positions
+
+        mods = list(req.modalities)
+        grids = [tuple(int(v) for v in g) for g in extra.get("image_grids", [])]
+        if mods.count("image") != len(grids):
+            raise ValueError(f"{mods.count('image')} image(s) but {len(grids)} image grid(s) "
+                             f"in the request")
+        pos = mrope_positions(ids, self.image_token_id, grids, self.merge)
+        arr = np.asarray(ids)
+        declared = []
+        image_at = np.flatnonzero(arr == self.image_token_id).tolist()
+        start = 0
+        for i, g in enumerate(grids):
+            n = image_token_count(g, self.merge)
+            declared.append(ModalityInput(f"image{i}", image_at[start:start + n]))
+            start += n
+        n_audio = mods.count("audio")
+        if n_audio:
+            if self.audio_token_id is None:
+                raise ValueError("audio given but the tokenizer has no audio placeholder token")
+            counts = [int(c) for c in extra.get("audio_tokens", [])]
+            audio_at = np.flatnonzero(arr == self.audio_token_id).tolist()
+            if len(counts) != n_audio or sum(counts) != len(audio_at):
+                raise ValueError(f"{n_audio} audio clip(s) with {counts} tokens, but the prompt "
+                                 f"has {len(audio_at)} audio placeholder tokens")
+            start = 0
+            for j, n in enumerate(counts):
+                declared.append(ModalityInput(f"audio{j}", audio_at[start:start + n]))
+                start += n
+        return pos.ids, declared
+
+    # --- events: embeddings arrive, upstream failures -----------------------------------------
+    def on_event(self, ev) -> None:
+        if ev.kind == "modality_ready":
+            if ev.request_id in self.produced:
+                self._provide(ev)
+            else:  # the embeddings outran the request (two DDS writers): keep them a while
+                self._prune_early()
+                self.early.setdefault(ev.request_id, []).append(ev)
+                self.early_at.setdefault(ev.request_id, time.monotonic())
+        elif ev.kind == "error" and ev.request_id in self.produced:
+            self.engine.cancel(ev.request_id)
+            self._upstream_failed.add(ev.request_id)
+        elif ev.kind == "error" and ev.request_id in self.early:
+            self._release_events(self.early.pop(ev.request_id))
+
+    def _provide(self, ev) -> None:
+        from runtime.compute import slot_ref
+
+        rid = ev.request_id
+        ref = slot_ref(ev.output)
+        pool = self.ctx.pool(ref.channel)
+        try:
+            key = json.loads(ev.detail or "{}").get("key") or ev.modality
+            emb = pool.read_torch(ref)
+            try:
+                # provide_modality copies to the engine's device and dtype; on the CPU in the
+                # same dtype that would be the shm view itself, so copy before release.
+                t = emb.to(self.device, self.dtype, copy=True)
+            finally:
+                pool.release(ref)
+            self.engine.provide_modality(rid, key, t)
+        except Exception as e:
+            self.engine.cancel(rid)
+            self._upstream_failed.add(rid)
+            self.ctx.fail(rid, f"decision: embeddings of {ev.modality} unusable: {e}")
+
+    def _release_events(self, events) -> None:
+        from runtime.compute import slot_ref
+
+        for ev in events:
+            try:
+                self.ctx.pool(ev.output.channel).release(slot_ref(ev.output))
+            except Exception:
+                pass  # already reclaimed
+
+    def _prune_early(self) -> None:
+        now = time.monotonic()
+        for rid in [r for r, t in self.early_at.items() if now - t > EARLY_KEEP_S]:
+            del self.early_at[rid]
+            self._release_events(self.early.pop(rid, []))
+
+    def on_cancel(self, c) -> None:
+        if c.request_id in self.produced:
+            self.ctx.log(f"cancel {c.request_id} ({c.reason or 'no reason given'}) after "
+                         f"{self.produced[c.request_id]} tokens")
+            self.engine.cancel(c.request_id)
+
+    # --- the step loop ---------------------------------------------------------------------
+    def _schedulable(self) -> bool:
+        from decision.engine import RequestStatus
+
+        if getattr(self.engine, "_pending", None):
+            return True
+        return any(r.cancel_requested or r.status in (RequestStatus.WAITING, RequestStatus.RUNNING)
+                   for r in self.engine.requests.values())
+
+    def poll(self, timeout: float) -> None:
+        if self._schedulable():
+            self._step()
+        elif timeout > 0:
+            time.sleep(timeout)   # idle: the runtime's DDS wait slice
+        self._publish_stats()
+
+    def _step(self) -> None:
+        try:
+            records = self.engine.step()
+        except Exception as e:  # an engine failure ends every request in it, not the stage
+            import traceback
+            traceback.print_exc()
+            self._fail_all(f"decision: engine step failed: {type(e).__name__}: {e}")
+            return
+        if records:
+            self._write(records)
+
+    def _write(self, records) -> None:
+        from runtime.compute import request_key
+        from runtime.records import (FINISH_CODES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS,
+                                     MAX_TOP_LOGPROBS, TOKEN_RECORD)
+
+        out = np.zeros(len(records), dtype=TOKEN_RECORD)
+        now = time.monotonic_ns()
+        ends, firsts = [], []
+        for i, r in enumerate(records):
+            rid = r.request_id
+            n = self.produced.get(rid, 0)
+            rec = out[i]
+            rec["request_key"] = request_key(rid)
+            rec["t_mono_ns"] = now
+            rec["index"] = n
+            rec["token_id"] = r.token_id
+            rec["logprob"] = np.nan
+            flags = 0
+            if r.token_id >= 0:
+                self.produced[rid] = n + 1
+                if n == 0:
+                    firsts.append(rid)
+                if r.logprob is not None:
+                    flags |= FLAG_LOGPROBS
+                    rec["logprob"] = r.logprob
+                    top = list(r.top_logprobs)[:MAX_TOP_LOGPROBS]
+                    rec["n_top"] = len(top)
+                    for j, (tid, lp) in enumerate(top):
+                        rec["top_ids"][j] = tid
+                        rec["top_logprobs"][j] = lp
+            if r.finished:
+                reason = r.finish_reason.value if r.finish_reason is not None else "stop"
+                if rid in self._upstream_failed:
+                    reason = "cancelled"
+                flags |= FLAG_LAST | (FLAG_ERROR if reason == "error" else 0)
+                rec["finish"] = FINISH_CODES[reason]
+                ends.append((rid, reason, r.error))
+            rec["flags"] = flags
+        self._writer.write_many(out)
+        for rid in firsts:
+            self.ctx.emit("first_token", rid, n_tokens=1)
+        for rid, reason, error in ends:
+            n = self.produced.pop(rid, 0)
+            self.finished += 1
+            if rid in self._upstream_failed:
+                self._upstream_failed.discard(rid)
+                self.ctx.finish(rid, "cancelled", detail="failed upstream", n_tokens=n)
+            elif reason == "error":
+                self.ctx.fail(rid, f"decision: {error or 'generation failed'}")
+            elif reason == "cancelled":
+                self.ctx.finish(rid, "cancelled", n_tokens=n)
+            else:
+                self.ctx.finish(rid, n_tokens=n, detail=reason)
+
+    def _fail_unadmitted(self, rid: str, detail: str) -> None:
+        """A request the engine never took: an error record (so the gateway's stream ends)
+        and the error event."""
+        self.produced[rid] = 0
+        from decision.engine import FinishReason, TokenRecord
+        self._write([TokenRecord(rid, -1, -1, None, (), True, FinishReason.ERROR, detail)])
+        self._release_events(self.early.pop(rid, []))
+        self.early_at.pop(rid, None)
+
+    def _fail_all(self, detail: str) -> None:
+        from decision.engine import FinishReason, TokenRecord
+
+        rids = list(self.engine.requests)
+        self.engine = self._engine_cls(self.decoder, self.engine_config)   # fresh state
+        self._write([TokenRecord(r, -1, -1, None, (), True, FinishReason.ERROR, detail)
+                     for r in rids])
+
+    # --- stats ---------------------------------------------------------------------------------
+    def stats_record(self):
+        from decision.engine import RequestStatus
+        from runtime.records import ENGINE_STATS_RECORD
+
+        e = self.engine
+        rec = np.zeros((), dtype=ENGINE_STATS_RECORD)
+        statuses = [r.status for r in e.requests.values()]
+        total = e.blocks.usable_blocks
+        free = e.num_free_blocks()
+        rec["t_mono_ns"] = time.monotonic_ns()
+        rec["running"] = statuses.count(RequestStatus.RUNNING)
+        rec["waiting"] = statuses.count(RequestStatus.WAITING)
+        rec["waiting_modalities"] = statuses.count(RequestStatus.WAITING_FOR_MODALITIES)
+        rec["total_blocks"] = total
+        rec["free_blocks"] = free
+        rec["kv_usage"] = 0.0 if not total else max(0.0, 1.0 - free / total)
+        rec["prefix_queries"] = self.prefix_queries
+        rec["prefix_hits"] = e.stats.prefix_cache_hit_tokens
+        rec["prefill_tokens"] = e.stats.prefill_tokens_computed
+        rec["decode_tokens"] = e.stats.decode_tokens
+        rec["steps"] = e.stats.steps
+        rec["preemptions"] = e.stats.preemptions
+        rec["finished"] = self.finished
+        return rec
+
+    def _publish_stats(self) -> None:
+        if self._stats_writer is None:
+            return
+        now = time.monotonic()
+        every = STATS_EVERY_S if self.engine.requests else STATS_IDLE_EVERY_S
+        # A request that came or went is said at once (metrics and tests read it).
+        sig = (len(self.engine.requests), self.finished)
+        if now - self._stats_at < every and sig == getattr(self, "_stats_sig", None):
+            return
+        self._stats_at, self._stats_sig = now, sig
+        self._stats_writer.write(self.stats_record())
+
+    def close(self) -> None:
+        for w in (self._writer, self._stats_writer):
+            if w is not None:
+                w.close()
+
+
 def make_stage(ctx):
-    return DecisionStage(ctx)
+    from runtime.compute import compute_kind
+
+    if compute_kind(ctx) == "model":
+        return ModelDecisionStage(ctx)
+    return MinimalDecisionStage(ctx)

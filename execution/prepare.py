@@ -31,12 +31,56 @@ class Prepared:
     prompt_text: str
 
 
+@dataclass(frozen=True)
+class AudioLayout:
+    """How audio clips enter the prompt when the audio stage embeds them (mode "embed").
+
+    Each clip is resampled to 16 kHz here (so the count is exact: the audio stage gets these
+    very samples) and stands in the prompt as ``begin + token * n + end``, n = the rows the
+    audio stage will produce for it (runtime.compute.audio_placeholder names the tokens)."""
+    begin: str
+    token: str
+    end: str
+    pooling: int
+    sample_rate: int = 16000
+
+    @classmethod
+    def from_dir(cls, model_dir, tokenizer: GlmTokenizer) -> "AudioLayout":
+        from perception.audio.config import AdapterConfig
+        from perception.audio.pipeline import resolve_audio_dir
+        from runtime.compute import audio_placeholder
+
+        names = audio_placeholder(tokenizer)
+        if names is None:
+            raise ValueError("the tokenizer has no audio (or video) placeholder tokens")
+        acfg = AdapterConfig.from_dir(resolve_audio_dir(model_dir))
+        return cls(*names, pooling=int(acfg.pooling))
+
+    def num_tokens(self, n_samples: int) -> int:
+        """Rows the audio stage produces for this many 16 kHz samples: 30 s windows, a
+        final sliver under MIN_TAIL_SAMPLES dropped, as perception.audio's stream does."""
+        from perception.audio.adapter import token_count
+        from perception.audio.mel import WINDOW_SAMPLES, valid_mel_frames
+        from perception.audio.pipeline import MIN_TAIL_SAMPLES
+
+        total, left, windows = 0, int(n_samples), 0
+        while left > 0:
+            n = min(left, WINDOW_SAMPLES)
+            if n < MIN_TAIL_SAMPLES and windows:
+                break
+            total += token_count(-(-valid_mel_frames(n) // 2), self.pooling)
+            left -= n
+            windows += 1
+        return total
+
+
 class RequestPreparer:
     def __init__(self, tokenizer: GlmTokenizer, image_processor=None,
-                 config: PrepareConfig = PrepareConfig()):
+                 config: PrepareConfig = PrepareConfig(), audio: AudioLayout | None = None):
         self.tok = tokenizer
         self.images = image_processor  # perception.vision.processor.ImageProcessor
         self.config = config
+        self.audio = audio  # None: audio carries no placeholder (no embedding audio stage)
         self.skip_ids = frozenset(i for n, i in tokenizer.special.items()
                                   if n in SPECIAL_TOKEN_NAMES)
         self.close_reasoning_ids = tuple(tokenizer.encode(END_THINK))
@@ -55,9 +99,12 @@ class RequestPreparer:
                     images.append(self._image(p))
                     parts.append({"type": "image"})
                 elif isinstance(p, AudioPart):
-                    # The audio stage turns PCM into embeddings the decision stage merges;
-                    # the prompt carries no audio placeholder (none in GLM-4.1V's template).
+                    # The audio stage turns PCM into embeddings the decision stage merges at
+                    # the placeholder (AudioLayout); without a layout none is written.
                     audios.append(self._audio(p))
+                    if self.audio is not None:
+                        a = self.audio
+                        parts.append({"type": "text", "text": a.begin + a.token + a.end})
             messages.append({"role": m.role, "content": parts})
         try:
             prompt = build_prompt(self.tok, messages, [im.num_tokens for im in images],
@@ -66,7 +113,11 @@ class RequestPreparer:
                                   content_format=self.config.content_format)
         except PromptError as exc:
             raise invalid(f"Cannot build the prompt: {exc}", param="messages") from None
-        n_prompt = len(prompt.ids)
+        prompt_ids = list(prompt.ids)
+        if self.audio is not None and audios:
+            prompt_ids = _expand_audio(prompt_ids, self.tok.require(self.audio.token),
+                                       [a.num_tokens for a in audios])
+        n_prompt = len(prompt_ids)
         limit = self.config.max_model_len
         if req.max_tokens is not None and n_prompt + req.max_tokens > limit:
             raise _too_long(limit, n_prompt, req.max_tokens)
@@ -81,13 +132,13 @@ class RequestPreparer:
             repetition_penalty=req.repetition_penalty, logprobs=req.logprobs,
             top_logprobs=req.top_logprobs)
         rid = request_id or f"chatcmpl-{uuid.uuid4().hex}"
-        prepared = PreparedRequest(rid, tuple(prompt.ids), sampling, tuple(images), tuple(audios))
+        prepared = PreparedRequest(rid, tuple(prompt_ids), sampling, tuple(images), tuple(audios))
         options = OutputOptions(
             stop=req.stop, return_reasoning=req.return_reasoning,
             start_in_reasoning=_ends_inside_think(prompt.text),
             max_reasoning_steps=req.max_reasoning_steps,
             close_reasoning_ids=self.close_reasoning_ids, skip_ids=self.skip_ids,
-            context_ids=tuple(prompt.ids[-DETOKENIZER_CONTEXT:]))
+            context_ids=tuple(prompt_ids[-DETOKENIZER_CONTEXT:]))
         return Prepared(prepared, options, prompt.text)
 
     # --- media ----------------------------------------------------------------------------
@@ -120,7 +171,28 @@ class RequestPreparer:
             pcm, rate = decode_audio(data)
         except AudioInputError as exc:
             raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_audio") from None
-        return PreparedAudio(pcm, rate, 0)
+        if self.audio is None:
+            return PreparedAudio(pcm, rate, 0)
+        from perception.audio.resample import resample
+        pcm16 = resample(pcm, rate, self.audio.sample_rate)
+        n = self.audio.num_tokens(pcm16.size)
+        if n < 1:
+            raise invalid(f"{part.param}: audio is too short", param=part.param,
+                          code="invalid_audio")
+        return PreparedAudio(pcm16, self.audio.sample_rate, n)
+
+
+def _expand_audio(ids: list[int], token_id: int, counts: list[int]) -> list[int]:
+    """Each single audio placeholder token becomes as many as its clip has rows."""
+    if sum(1 for i in ids if i == token_id) != len(counts):
+        raise invalid(f"the prompt has {sum(1 for i in ids if i == token_id)} audio "
+                      f"placeholder(s) for {len(counts)} audio clip(s) (is the placeholder "
+                      "token written in the text?)", param="messages")
+    out: list[int] = []
+    it = iter(counts)
+    for i in ids:
+        out.extend([i] * next(it) if i == token_id else [i])
+    return out
 
 
 def _ends_inside_think(prompt_text: str) -> bool:

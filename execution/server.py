@@ -12,12 +12,15 @@ from .config import GatewayConfig
 
 
 def build_gateway_app(model_dir: str | Path | None, instance: str,
-                      config: GatewayConfig = GatewayConfig(), *, client=None):
+                      config: GatewayConfig = GatewayConfig(), *, client=None,
+                      audio_mode: str | None = None):
+    """`audio_mode`: the audio stage's mode in this deployment ("embed": audio placeholders
+    go into the prompt, see prepare.AudioLayout); None: no placeholders."""
     from modelcore.tokenizer import GlmTokenizer
     from perception.vision.processor import ImageProcessor
 
     from .app import build_app
-    from .prepare import RequestPreparer
+    from .prepare import AudioLayout, RequestPreparer
     from .shm_client import ShmPipelineClient
 
     if not model_dir:
@@ -26,7 +29,8 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
     tok = GlmTokenizer.from_dir(model_dir)
     images = ImageProcessor.from_dir(model_dir)
     client = client or ShmPipelineClient(instance)
-    return build_app(config, client, RequestPreparer(tok, images, config.prepare))
+    audio = AudioLayout.from_dir(model_dir, tok) if audio_mode == "embed" else None
+    return build_app(config, client, RequestPreparer(tok, images, config.prepare, audio))
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

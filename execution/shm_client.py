@@ -14,9 +14,16 @@ Per request:
 4. a stage's `error` event for the request fails it too (e.g. the vision stage refused the
    frame), so a request never waits for tokens that will not come.
 
-The finish reason is inferred from the last record, since records carry no reason: its token
-is a stop token -> "stop"; the count reached max_tokens -> "length"; otherwise "stop".
-Token records carry no logprobs yet: requests asking for logprobs get none.
+The finish reason is the engine's, carried by the last record (TOKEN_RECORD.finish: stop,
+length, cancelled, error); only records of a producer that leaves it unset (the minimal
+stand-in stage) get it inferred: a stop token -> "stop", max_tokens reached -> "length".
+Records with FLAG_LOGPROBS carry the token's logprob and its top alternatives. A record
+with token_id -1 ends a request without a token (cancelled, error).
+
+Also in ``extra``: the image grids (``image_grids``, [t, h, w] per image, which the decision
+stage needs for M-RoPE before the vision stage has run) and the audio placeholder counts
+(``audio_tokens``). Engine load for /metrics is read from the `engine_stats` ring when the
+instance has one (the newest record wins).
 """
 from __future__ import annotations
 
@@ -29,10 +36,11 @@ from typing import AsyncIterator
 import numpy as np
 
 from .pipeline_client import (PipelineError, PipelineHealth, PipelineStats, PreparedRequest,
-                              TokenEvent)
+                              TokenEvent, TokenLogprob)
 
 EVENT_QUEUE_END = object()
 STAGE_LATENCY_WINDOW = 4096
+ERROR_DETAIL_WAIT_S = 0.5
 
 
 class ShmPipelineClient:
@@ -55,6 +63,8 @@ class ShmPipelineClient:
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
         self._states: dict[str, str] = {}
         self.lost_records = 0
+        self._stats_reader = None
+        self._engine_stats = None  # newest ENGINE_STATS_RECORD
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,6 +82,10 @@ class ShmPipelineClient:
         self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
         self._state_reader = self._plane.reader(t.STAGE_STATE)
         self._ring_reader = Ring.attach(self.instance, self.channels["tokens"]).reader(start="latest")
+        try:
+            self._stats_reader = Ring.attach(self.instance, "engine_stats").reader(start="latest")
+        except Exception:
+            self._stats_reader = None  # no engine_stats ring in this instance
         self._tasks = [asyncio.create_task(self._pump_tokens(), name="tokens-ring"),
                        asyncio.create_task(self._pump_events(), name="stage-events")]
 
@@ -89,6 +103,8 @@ class ShmPipelineClient:
             self._plane.close()
         if self._ring_reader is not None:
             self._ring_reader.close()
+        if self._stats_reader is not None:
+            self._stats_reader.close()
         for p in self._pools.values():
             p.close()
 
@@ -118,6 +134,10 @@ class ShmPipelineClient:
         self._queues[key] = queue
         self._by_id[req.request_id] = key
         try:
+            down = self._stages_down()
+            if down:
+                # A request written now would wait for a stage that is not there to read it.
+                raise PipelineError(f"the pipeline is not ready: {down}", retryable=True)
             try:
                 message = await asyncio.to_thread(self._build_request, req)
                 self._w_request.write(message)
@@ -132,19 +152,40 @@ class ShmPipelineClient:
                     yield TokenEvent(finish_reason="error", error=str(item))
                     return
                 records = item
-                ids = tuple(int(r["token_id"]) for r in records)
+                from runtime.records import (FINISH_NAMES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS)
                 flags = int(np.bitwise_or.reduce(records["flags"])) if len(records) else 0
-                from runtime.records import FLAG_ERROR, FLAG_LAST
+                with_token = records[records["token_id"] >= 0]
+                ids = tuple(int(t) for t in with_token["token_id"])
                 if flags & FLAG_ERROR:
-                    yield TokenEvent(finish_reason="error", error="decision reported a generation error")
+                    # The stage's error event says why; it travels over DDS, usually a moment
+                    # behind the ring record.
+                    detail = "the decision stage reported a generation error"
+                    try:
+                        nxt = await asyncio.wait_for(queue.get(), ERROR_DETAIL_WAIT_S)
+                        if isinstance(nxt, PipelineError):
+                            detail = str(nxt)
+                    except asyncio.TimeoutError:
+                        pass
+                    yield TokenEvent(ids, finish_reason="error", error=detail)
                     return
+                logprobs = None
+                if flags & FLAG_LOGPROBS:
+                    logprobs = tuple(
+                        TokenLogprob(int(r["token_id"]), float(r["logprob"]),
+                                     tuple((int(i), float(v)) for i, v in
+                                           zip(r["top_ids"][:r["n_top"]],
+                                               r["top_logprobs"][:r["n_top"]])))
+                        for r in with_token)
                 produced += len(ids)
                 finish = None
                 if flags & FLAG_LAST:
-                    finish = "stop" if (ids and ids[-1] in stop_ids) else (
-                        "length" if produced >= req.sampling.max_tokens else "stop")
-                first = int(records[0]["t_mono_ns"]) / 1e9 if produced == len(ids) else 0.0
-                yield TokenEvent(ids, None, finish, first_token_time=first)
+                    finish = FINISH_NAMES.get(int(records[-1]["finish"]))
+                    if finish is None:  # a producer that does not say why (minimal stage)
+                        finish = "stop" if (ids and ids[-1] in stop_ids) else (
+                            "length" if produced >= req.sampling.max_tokens else "stop")
+                first = (int(with_token[0]["t_mono_ns"]) / 1e9
+                         if len(ids) and produced == len(ids) else 0.0)
+                yield TokenEvent(ids, logprobs, finish, first_token_time=first)
                 if finish:
                     return
         finally:
@@ -169,7 +210,9 @@ class ShmPipelineClient:
             media.append(shm_ref(ref, pcm.nbytes))
         s = req.sampling
         extra = {"presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
-                 "logprobs": s.logprobs, "top_logprobs": s.top_logprobs}
+                 "logprobs": s.logprobs, "top_logprobs": s.top_logprobs,
+                 "image_grids": [list(im.grid_thw) for im in req.images],
+                 "audio_tokens": [int(au.num_tokens) for au in req.audios]}
         ids = np.asarray(req.prompt_token_ids, dtype=np.int32)
         prompt = None
         if self._has_pool(self.channels["prompts"]):
@@ -233,6 +276,15 @@ class ShmPipelineClient:
                         PipelineError(f"stage {ev.source} failed the request: {ev.detail}"))
 
     # --- health and stats ---------------------------------------------------------------
+    def _stages_down(self) -> str:
+        """'' when every stage that announced a state is ready or busy, else which are not."""
+        if self._plane is None:
+            return ""
+        for st in self._state_reader.take(0):
+            self._states[st.stage] = st.state
+        return "; ".join(f"stage {k} is {v}" for k, v in self._states.items()
+                         if v not in ("ready", "busy"))
+
     async def health(self) -> PipelineHealth:
         if self._plane is None:
             return PipelineHealth(False, "not started")
@@ -250,4 +302,21 @@ class ShmPipelineClient:
             if values:
                 drained[stage] = list(values)
                 values.clear()
-        return PipelineStats(num_requests_running=len(self._queues), stage_latencies=drained)
+        if self._stats_reader is not None:
+            batch = self._stats_reader.try_read()
+            if len(batch.records):
+                self._engine_stats = batch.records[-1].copy()
+        e = self._engine_stats
+        if e is None:
+            return PipelineStats(num_requests_running=len(self._queues), stage_latencies=drained)
+        return PipelineStats(
+            num_requests_running=int(e["running"]),
+            num_requests_waiting=int(e["waiting"]) + int(e["waiting_modalities"]),
+            kv_cache_usage=float(e["kv_usage"]), prefix_cache_queries=int(e["prefix_queries"]),
+            prefix_cache_hits=int(e["prefix_hits"]), stage_latencies=drained)
+
+    def engine_stats(self) -> dict | None:
+        """The newest engine_stats record as a dict (None before the first one)."""
+        self.stats()
+        e = self._engine_stats
+        return None if e is None else {n: e[n].item() for n in e.dtype.names}

@@ -1,10 +1,14 @@
-"""Minimal execution (gateway) stage compute: the egress half.
+"""The execution stage: the OpenAI-compatible HTTP gateway inside the pipeline
+(params.compute = "model"), or the minimal egress-only stand-in of the plumbing tests
+(params.compute = "minimal", which publishes each request's token ids in its `done` event).
 
-It reads token records from the `tokens` ring (woken by its doorbell), collects them per
-request and, at a request's last token, publishes a `done` event carrying the token ids (JSON
-in `detail`). Ingress (HTTP, chat template, media into shm) is not here yet: until it is,
-`launch.driver.submit()` plays the client side. The HTTP host/port of the spec reach this stage
-as `ctx.http` for when the OpenAI API lands.
+Model compute: builds the gateway (execution.server.build_gateway_app: tokenizer, chat
+template and image processor of the model directory; the shm/DDS client of this instance)
+and serves it with uvicorn in a thread of this process, on its own event loop, at the spec's
+[http] host/port (`autoglm launch --host/--port` override them). The stage announces `ready`
+only once the socket listens. Gateway settings come from params: served_model_names, api_key,
+max_model_len (default: the decision stage's, else the model's), max_images,
+response_cache_size. The audio stage's mode decides whether audio placeholders go into prompts.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from runtime.records import FLAG_ERROR, FLAG_LAST
 EARLY_KEEP_S = 10.0
 
 
-class GatewayStage:
+class MinimalGatewayStage:
     def __init__(self, ctx):
         self.ctx = ctx
         self.in_channel = ctx.stage.inputs[0] if ctx.stage.inputs else "tokens"
@@ -74,5 +78,69 @@ class GatewayStage:
         self.reader.close()
 
 
+
+
+class HttpGatewayStage:
+    START_TIMEOUT_S = 60.0
+
+    def __init__(self, ctx):
+        import threading
+
+        import uvicorn
+
+        from execution.config import GatewayConfig, PrepareConfig
+        from execution.server import build_gateway_app
+        from runtime.compute import resolve_http, resolve_model_dir
+
+        self.ctx = ctx
+        p = ctx.params
+        model_dir = resolve_model_dir(ctx)
+        host, port = resolve_http(ctx)
+        names = p.get("served_model_names") or ["autoglm-phone-9b"]
+        config = GatewayConfig(
+            served_model_names=tuple(names), api_key=p.get("api_key") or None,
+            max_images=int(p.get("max_images", 10)),
+            response_cache_size=int(p.get("response_cache_size", 0)), model_root=model_dir,
+            prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir)))
+        audio_mode = None
+        for st in ctx.launch.stages.values():
+            if st.module == "perception.audio.stage" and st.params.get("compute") == "model":
+                audio_mode = str(st.params.get("mode", "embed"))
+        self.app = build_gateway_app(model_dir, ctx.instance, config, audio_mode=audio_mode)
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host=host, port=port, log_level=str(p.get("log_level", "warning")),
+            lifespan="on", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {host}:{port} "
+                                   f"(port in use? see the log above)")
+            time.sleep(0.05)
+        bound = self.server.servers[0].sockets[0].getsockname()
+        self.address = f"http://{bound[0]}:{bound[1]}"
+        ctx.log(f"OpenAI API at {self.address}/v1 (model {names[0]!r}, files from {model_dir}"
+                f"{', audio ' + audio_mode if audio_mode else ''})")
+
+    @staticmethod
+    def _max_model_len(ctx, model_dir) -> int:
+        if ctx.params.get("max_model_len"):
+            return int(ctx.params["max_model_len"])
+        for st in ctx.launch.stages.values():
+            if st.module == "decision.stage" and st.params.get("max_model_len"):
+                return int(st.params["max_model_len"])
+        from modelcore.config import ModelConfig
+        return int(ModelConfig.from_dir(model_dir).text.max_position_embeddings)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
 def make_stage(ctx):
-    return GatewayStage(ctx)
+    from runtime.compute import compute_kind
+
+    if compute_kind(ctx) == "model":
+        return HttpGatewayStage(ctx)
+    return MinimalGatewayStage(ctx)

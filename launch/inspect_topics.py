@@ -205,7 +205,7 @@ def echo(instance: str, name: str, *, count: int | None, timeout: float | None, 
                 if not more():
                     break
                 emit({"channel": SHM_PREFIX + obj.name,
-                      **{k: rec[k].item() for k in recs.dtype.names if not k.startswith("_")}})
+                      **{k: rec[k].tolist() for k in recs.dtype.names if not k.startswith("_")}})
                 shown += 1
             if rp.lost:
                 emit({"channel": SHM_PREFIX + obj.name, "lost": rp.lost})

@@ -13,6 +13,10 @@ def register(subparsers) -> None:
     p.add_argument("spec", nargs="?", help="launch spec (TOML); default: launch/specs/default.toml")
     add_instance_arg(p)
     p.add_argument("--check", action="store_true", help="validate the spec, print the plan, start nothing")
+    p.add_argument("--model", metavar="DIR", help="model directory (Hugging Face GLM-4.1V layout); "
+                   "default: the spec's model_dir, else the embedded default model")
+    p.add_argument("--host", help="HTTP host of the OpenAI API (default: the spec's [http].host)")
+    p.add_argument("--port", type=int, help="HTTP port of the OpenAI API (default: the spec's [http].port)")
     p.set_defaults(func=_launch)
 
 
@@ -33,7 +37,43 @@ def _launch(args) -> int:
             shared = f" (shared with {', '.join(st.shares_cores_with)})" if st.shares_cores_with else ""
             print(f"  {st.name:<10} cores {format_cores(st.cores)}{shared}  module {st.module}")
         return 0
+    _apply_overrides(args, spec)
     try:
         return launch(args.spec or str(DEFAULT_SPEC), instance)
     except InstanceBusyError as e:
         raise SystemExit(f"autoglm launch: {e}") from None
+
+
+def _apply_overrides(args, spec) -> None:
+    """--model/--host/--port reach the stage processes through their environment (they read
+    the spec file themselves); the embedded default model is made here, once, before any stage
+    starts, rather than by four stages racing to build it."""
+    import os
+    from pathlib import Path
+
+    from runtime.compute import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_MODEL_DIR
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise SystemExit(f"autoglm launch: --port {args.port} is not a TCP port (0-65535)")
+    if args.model:
+        model = Path(args.model).expanduser().resolve()
+        if not (model / "config.json").is_file():
+            raise SystemExit(f"autoglm launch: --model {args.model}: no config.json there")
+        os.environ[ENV_MODEL_DIR] = str(model)
+    elif not spec.model_dir and any(st.params.get("compute") == "model"
+                                    for st in spec.stages.values()):
+        from modelcore.make_checkpoint import ensure_default_checkpoint
+        print("[launch] model: the embedded default (made on first use)", flush=True)
+        os.environ[ENV_MODEL_DIR] = str(ensure_default_checkpoint())
+    if os.environ.get(ENV_MODEL_DIR):
+        print(f"[launch] model: {os.environ[ENV_MODEL_DIR]}", flush=True)
+    if args.host:
+        os.environ[ENV_HTTP_HOST] = args.host
+    if args.port is not None:
+        os.environ[ENV_HTTP_PORT] = str(args.port)
+    if any(st.module == "execution.stage" and st.params.get("compute") == "model"
+           for st in spec.stages.values()):
+        host = args.host or spec.http_host
+        port = args.port if args.port is not None else spec.http_port
+        print(f"[launch] OpenAI API will be served at http://{host}:{port}/v1 "
+              f"once the gateway is ready", flush=True)

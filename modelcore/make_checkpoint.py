@@ -21,7 +21,7 @@ from .tokenizer import ENDOFTEXT, OBSERVATION, SPECIAL_TOKEN_NAMES, TAG_TOKEN_NA
 
 DATA_DIR = Path(__file__).parent / "data"
 # Bump when the default checkpoint's content changes, so caches of the old one are not reused.
-DEFAULT_FORMAT_VERSION = "1"
+DEFAULT_FORMAT_VERSION = "2"  # 2: audio/ (Whisper-style encoder + adapter) added
 BPE_VOCAB = 2048
 
 DEFAULT_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
@@ -186,10 +186,9 @@ def write_default_checkpoint(out_dir: str | Path, seed: int = 0, dtype: str = "b
 
 
 def _write_audio_hook(out: Path, decoder_hidden: int, seed: int) -> None:
-    # HOOK (lead wires it): the audio helper's
-    # perception.audio.<module>.write_default_audio_checkpoint(out_dir, decoder_hidden, seed)
-    # adds the Whisper-style encoder + projection next to the decoder weights here.
-    return None
+    """The Whisper-style encoder + adapter into the decoder width, in `out/audio/`."""
+    from perception.audio.writer import write_default_audio_checkpoint
+    write_default_audio_checkpoint(out, decoder_hidden, seed)
 
 
 def default_cache_dir() -> Path:

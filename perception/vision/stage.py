@@ -1,10 +1,16 @@
-"""Minimal vision stage compute: patch embedding of a frame with a fixed random projection.
+"""The vision stage: GLM-4.1V's vision tower on the frames the gateway wrote
+(params.compute = "model"), or the minimal random-projection stand-in of the plumbing tests
+(params.compute = "minimal").
 
-For every request with an image it reads the uint8 [H, W, 3] frame from the request's media
-slot, cuts it into patch x patch tiles, projects each tile to `hidden` dims and writes the
-float32 [n_patches, hidden] embeddings into the `embeddings` pool, then announces them with a
-modality_ready event (grid_thw = (1, H/patch, W/patch)). The real vision tower replaces
-`embed()`; the plumbing stays in runtime/.
+Model compute: for every request with images, each image's resized uint8 [H, W, 3] frame
+(the gateway already smart-resized it, so H and W are multiples of patch * merge) is read
+from its `frames` slot, normalised and cut into merge-ordered patches (DevicePatchifier: on
+the tower's device, bit-identical to the CPU processor), run through the VisionTower
+(device and dtype from the spec: cuda + bf16 where available, else cpu + fp32), and its
+[n_tokens, hidden] embeddings are written into the `embeddings` pool, one slot per image, in
+order, each announced by a `modality_ready` event (modality "image", detail JSON
+{"key": "imageN"}, grid_thw, n_tokens). A frame that cannot be used fails that request with
+an error event naming the problem; the stage carries on.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from runtime.compute import fixed_projection, shm_ref, slot_ref
 MODALITY = "image"
 
 
-class VisionStage:
+class MinimalVisionStage:
     def __init__(self, ctx):
         self.ctx = ctx
         self.patch = int(ctx.params.get("patch", 14))
@@ -68,5 +74,79 @@ class VisionStage:
         self.ctx.finish(rid, n_tokens=emb.shape[0])
 
 
+
+
+class ModelVisionStage:
+    def __init__(self, ctx):
+        import torch
+
+        from perception.vision.device_patchify import DevicePatchifier
+        from perception.vision.model import VisionTower
+        from perception.vision.processor import ImageProcessor
+        from runtime.compute import resolve_model_dir, torch_device_dtype
+
+        self.ctx = ctx
+        self.model_dir = resolve_model_dir(ctx)
+        self.device, self.dtype = torch_device_dtype(ctx)
+        if self.device.type == "cpu" and ctx.params.get("threads"):
+            torch.set_num_threads(int(ctx.params["threads"]))
+        self.tower = VisionTower.from_pretrained(self.model_dir, dtype=self.dtype,
+                                                 device=self.device)
+        self.processor = ImageProcessor.from_dir(self.model_dir)
+        self.patchify = DevicePatchifier(self.processor, self.device)
+        self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
+        self.put_timeout = float(ctx.params.get("put_timeout_s", 10.0))
+        ctx.log(f"vision tower from {self.model_dir} on {self.device} ({self.dtype})")
+
+    def embed(self, frame):
+        """uint8 [H, W, 3] resized frame -> (CPU embeddings [n_tokens, hidden], grid)."""
+        import torch
+
+        pixels, grid = self.patchify(frame)
+        with torch.inference_mode():
+            emb = self.tower(pixels, [grid])
+        return emb.to("cpu"), grid
+
+    def on_request(self, req) -> None:
+        import json
+
+        from runtime.compute import shm_ref, slot_ref
+
+        mods = list(req.modalities)
+        at = [i for i, m in enumerate(mods) if m == MODALITY]
+        if not at:
+            return  # no image: no work here
+        rid = req.request_id
+        self.ctx.begin(rid)
+        for n, i in enumerate(at):
+            ref = slot_ref(req.media[i])
+            try:
+                frames = self.ctx.pool(ref.channel)
+                try:
+                    frame = np.array(frames.read(ref))  # own copy: the slot goes back at once
+                finally:
+                    frames.release(ref)
+                emb, grid = self.embed(frame)
+                out = self.ctx.pool(self.out_channel).put(emb, readers=1,
+                                                          timeout=self.put_timeout)
+            except Exception as e:  # the request fails, the stage lives on
+                for j in at[n + 1:]:  # give back the frames this request will never read
+                    try:
+                        self.ctx.pool(req.media[j].channel).release(slot_ref(req.media[j]))
+                    except Exception:
+                        pass
+                self.ctx.fail(rid, f"vision: image {n}: {e}")
+                return
+            nbytes = emb.numel() * emb.element_size()
+            self.ctx.emit("modality_ready", rid, modality=MODALITY,
+                          output=shm_ref(out, nbytes), n_tokens=emb.shape[0],
+                          grid_thw=list(grid), detail=json.dumps({"key": f"image{n}"}))
+        self.ctx.finish(rid, n_tokens=len(at))
+
+
 def make_stage(ctx):
-    return VisionStage(ctx)
+    from runtime.compute import compute_kind
+
+    if compute_kind(ctx) == "model":
+        return ModelVisionStage(ctx)
+    return MinimalVisionStage(ctx)

@@ -1,4 +1,4 @@
-"""The real client against a launched pipeline (launch/specs/default.toml: minimal stage
+"""The real client against a launched pipeline (launch/specs/minimal.toml: minimal stage
 computes, real processes, real shm and DDS). The decision stage there is a stand-in whose
 tokens are a known function of its inputs, which is what these tests check arrives."""
 import asyncio
@@ -16,6 +16,7 @@ from execution.pipeline_client import PreparedImage, PreparedRequest, SamplingPa
 from execution.shm_client import ShmPipelineClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MINIMAL_SPEC = os.path.join(ROOT, "launch", "specs", "minimal.toml")
 N_STAGES = 4  # gateway, vision, audio, decision read the request topic
 
 
@@ -25,7 +26,7 @@ def pipeline(tmp_path_factory):
     ready = tmp_path_factory.mktemp("launch") / "ready"
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from launch.launcher import launch; "
-         f"sys.exit(launch(None, {instance!r}, ready_file={str(ready)!r}))"],
+         f"sys.exit(launch({MINIMAL_SPEC!r}, {instance!r}, ready_file={str(ready)!r}))"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while not ready.exists():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from launch_testkit import REPO, STAGES, cli
+from runtime.records import TOKEN_RECORD
 
 IMAGE = (np.arange(56 * 84 * 3) % 251).astype(np.uint8).reshape(56, 84, 3)
 AUDIO = np.sin(np.arange(1600) / 10).astype(np.float32)
@@ -111,7 +112,7 @@ def test_topic_list_and_info(pipeline, client):
     assert set(by["autoglm/heartbeat"]["publishers"]) == set(STAGES)
     assert by["shm/frames"]["type"] == "pool[4 x 65536 B]"
     assert "vision" in by["shm/frames"]["subscribers"] and "gateway" in by["shm/frames"]["publishers"]
-    assert by["shm/tokens"]["type"] == "ring[256 x 32 B]"
+    assert by["shm/tokens"]["type"] == f"ring[256 x {TOKEN_RECORD.itemsize} B]"
     gw = pipeline.initial_pids["gateway"]
     assert f"pid {gw}" in by["shm/tokens"]["subscribers"]  # the gateway's live ring cursor
     info = json.loads(cli("topic", "info", "shm/tokens", "--instance", pipeline.instance, "--json").stdout)

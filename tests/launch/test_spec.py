@@ -8,6 +8,7 @@ import pytest
 from launch.spec import DEFAULT_SPEC, SpecError, format_cores, load_spec, parse_cores, parse_spec
 
 from launch_testkit import STAGES, cli, instance_processes, spec_text, unique_instance
+from runtime.records import TOKEN_RECORD
 
 
 def _spec(tmp_path, text, name="spec.toml"):
@@ -30,7 +31,7 @@ def test_default_spec_is_valid_and_spreads_stages_over_two_cores():
     assert sorted(c for cs in cores for c in cs) == [0, 0, 1, 1]
     # With 4 stages on 2 cores every stage shares with exactly one other.
     assert all(len(st.shares_cores_with) == 1 for st in spec.stages.values())
-    assert spec.channels["tokens"].kind == "ring" and spec.channels["tokens"].slot_bytes == 32
+    assert spec.channels["tokens"].kind == "ring" and spec.channels["tokens"].slot_bytes == TOKEN_RECORD.itemsize
 
 
 def test_auto_gives_distinct_cores_when_there_are_enough():

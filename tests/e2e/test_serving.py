@@ -1,0 +1,278 @@
+"""The real model served end to end by `autoglm launch`: OpenAI SDK, LangChain, curl, the
+Open-AutoGLM client's request shape, concurrency, equality with the in-process model, errors,
+cancellation, metrics, and a decision stage killed mid-request."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from .conftest import audio_message, image_message, metrics, png_data_url, wav_b64
+
+MODEL = "autoglm-phone-9b"
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_openai_sdk_text_non_streaming_and_streaming(openai_client):
+    msgs = [{"role": "user", "content": "Open the settings app"}]
+    r = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6,
+                                              temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and r.usage.completion_tokens == 6
+    assert choice.message.content
+    stream = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6,
+                                                   temperature=0, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content           # greedy: the same tokens either way
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_openai_sdk_with_image_and_with_audio(openai_client):
+    r = openai_client.chat.completions.create(
+        model=MODEL, messages=[image_message(png_data_url(540, 1200), "What is on screen?")],
+        max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens > 100             # the image's placeholder tokens are in it
+    stream = openai_client.chat.completions.create(
+        model=MODEL, messages=[audio_message(wav_b64(), "Do what I said.")],
+        max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    usage = [c.usage for c in chunks if c.usage][-1]
+    # 1.5 s of audio -> 150 mel frames -> 75 encoder frames -> 19 rows at pooling 4, plus
+    # begin/end and the text.
+    assert usage.prompt_tokens > 19 and usage.completion_tokens == 4
+
+
+def test_logprobs_reach_the_api(openai_client):
+    r = openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+        temperature=0, logprobs=True, top_logprobs=3)
+    lps = r.choices[0].logprobs.content
+    assert len(lps) == 3
+    for lp in lps:
+        assert lp.logprob <= 0 and len(lp.top_logprobs) == 3
+        # greedy: the chosen token is the most likely one
+        assert lp.top_logprobs[0].logprob == pytest.approx(lp.logprob, abs=1e-5)
+
+
+def test_langchain_chat_openai_as_the_seed_documents_use_it(pipeline):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="autoglm-phone-9b", temperature=0.5, base_url=pipeline.url + "/v1",
+                     api_key="EMPTY", max_tokens=6,
+                     extra_body={"enable_thinking": True, "return_reasoning": True},
+                     streaming=True)
+    out = llm.invoke("Open WeChat and send hello to Alice")
+    assert isinstance(out.content, str)
+    assert out.response_metadata.get("finish_reason") == "length"
+    pieces = list(llm.stream("Open WeChat and send hello to Alice"))
+    # langchain ends with an empty "last" chunk; the finish reason rides the one before it
+    assert [p.response_metadata.get("finish_reason") for p in pieces
+            if p.response_metadata.get("finish_reason")] == ["length"]
+
+
+def test_open_autoglm_client_request_shape(pipeline):
+    """As Open-AutoGLM's phone agent sends it (its max_tokens is 3000; small here for CI)."""
+    import openai
+
+    client = openai.OpenAI(base_url=pipeline.url + "/v1", api_key="EMPTY")
+    messages = [
+        {"role": "system", "content": "You are a phone-operating agent. Reply with "
+                                      "do(action=...) or finish(message=...)."},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": png_data_url(1080, 2400, seed=3)}},
+            {"type": "text", "text": "** Screen Info **\n{\"current_app\": \"System Home\"}\n"
+                                     "Task: open Settings"}]},
+    ]
+    stream = client.chat.completions.create(
+        messages=messages, model="autoglm-phone-9b", max_tokens=8, temperature=0.0,
+        top_p=0.85, frequency_penalty=0.2, extra_body={"skip_special_tokens": False},
+        stream=True)
+    raw, finish = "", None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        if chunk.choices[0].delta.content is not None:
+            raw += chunk.choices[0].delta.content
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "length"
+    assert isinstance(raw, str)
+
+
+def test_curl_streaming(pipeline):
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello"}],
+                       "max_tokens": 5, "stream": True, "temperature": 0})
+    r = subprocess.run(["curl", "-sN", "-H", "Content-Type: application/json", "-d", body,
+                        pipeline.url + "/v1/chat/completions"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    events = [l[6:] for l in r.stdout.splitlines() if l.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_16_concurrent_streaming_requests_of_mixed_modalities(openai_client):
+    img, wav = png_data_url(300, 600, seed=5), wav_b64(1.0)
+
+    def one(i):
+        kind = i % 3
+        if kind == 0:
+            msgs = [{"role": "user", "content": f"request {i}"}]
+        elif kind == 1:
+            msgs = [image_message(img, f"request {i}")]
+        else:
+            msgs = [audio_message(wav, f"request {i}")]
+        stream = openai_client.chat.completions.create(model=MODEL, messages=msgs,
+                                                       max_tokens=5, temperature=0, stream=True)
+        text, finish = "", None
+        for c in stream:
+            if c.choices:
+                text += c.choices[0].delta.content or ""
+                finish = c.choices[0].finish_reason or finish
+        return kind, text, finish
+
+    with cf.ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(one, range(16)))
+    assert [r[2] for r in results] == ["length"] * 16
+    # Same-kind requests differ only in the text "request i"; at least each finished with text.
+    assert all(isinstance(r[1], str) for r in results)
+
+
+def _reference_text(messages, images, max_new_tokens):
+    from modelcore.api import AutoGLMModel, MultiModalConfig
+
+    model = AutoGLMModel.from_pretrained(None, MultiModalConfig(audio_encoder=None))
+    return model.generate(messages, images, max_new_tokens=max_new_tokens, temperature=0.0)
+
+
+def test_greedy_is_deterministic_and_equals_the_in_process_model(openai_client):
+    import base64
+
+    url = png_data_url(280, 560, seed=9)
+    msgs = [image_message(url, "Where is the settings icon?")]
+    texts = []
+    for _ in range(2):
+        r = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8,
+                                                  temperature=0)
+        texts.append(r.choices[0].message.content)
+    assert texts[0] == texts[1]
+    png = base64.b64decode(url.split(",", 1)[1])
+    ref_msgs = [{"role": "user", "content": [{"type": "image"},
+                                             {"type": "text", "text": "Where is the settings icon?"}]}]
+    assert texts[0] == _reference_text(ref_msgs, [png], 8)
+    text_msgs = [{"role": "user", "content": "Tap the search bar"}]
+    r = openai_client.chat.completions.create(model=MODEL, messages=text_msgs, max_tokens=8,
+                                              temperature=0)
+    assert r.choices[0].message.content == _reference_text(text_msgs, [], 8)
+
+
+def test_errors_over_the_live_pipeline(pipeline, openai_client):
+    import openai
+
+    bad = "data:image/png;base64," + "aGVsbG8gd29ybGQ="  # "hello world", not an image
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(
+            model=MODEL, messages=[image_message(bad, "look")], max_tokens=3)
+    assert "image" in str(e.value).lower()
+    ok = openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=3)
+    assert ok.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10**6)
+    assert "maximum context length" in str(e.value)
+
+
+def _engine_load(url):
+    m = metrics(url)
+    return (m["autoglm:num_requests_running"], m["autoglm:num_requests_waiting"])
+
+
+def test_client_disconnect_cancels_the_request_in_the_engine(pipeline):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "write a long story"}],
+            "max_tokens": 20000, "stream": True, "temperature": 0}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", pipeline.url + "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            seen = 0
+            while seen < 3:
+                line = next(lines)
+                seen += line.startswith("data: ") and '"content"' in line
+            time.sleep(0.3)                          # the next engine_stats record
+            running, _ = _engine_load(pipeline.url)
+            assert running >= 1                      # the engine is generating for it
+            lines.close()                            # the client goes away mid-stream
+    deadline = time.monotonic() + 10
+    while _engine_load(pipeline.url) != (0, 0):
+        assert time.monotonic() < deadline, f"still in the engine: {_engine_load(pipeline.url)}"
+        time.sleep(0.2)
+
+
+def test_metrics_show_engine_backed_values(pipeline, openai_client):
+    before = metrics(pipeline.url)
+    msgs = [{"role": "system", "content": "You are a helpful phone agent. " * 8},
+            {"role": "user", "content": "Open the camera"}]
+    for _ in range(2):  # the second one finds the shared prefix in the cache
+        openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2)
+    time.sleep(1.2)
+    after = metrics(pipeline.url)
+    q0 = before.get("autoglm:prefix_cache_queries_total", 0)
+    assert after["autoglm:prefix_cache_queries_total"] > q0
+    assert after["autoglm:prefix_cache_hits_total"] > before.get("autoglm:prefix_cache_hits_total", 0)
+    assert 0.0 <= after["autoglm:kv_cache_usage_perc"] <= 1.0
+    assert after["autoglm:num_requests_running"] == 0
+
+
+def test_killed_decision_stage_fails_its_request_restarts_and_serves_again(pipeline, openai_client):
+    import openai
+
+    pid = pipeline.stage_pids()["decision"]
+    mark = len(pipeline.lines)
+    result = {}
+
+    def long_request():
+        try:
+            openai_client.with_options(max_retries=0).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "count to a million"}],
+                max_tokens=20000, temperature=0)
+            result["error"] = None
+        except openai.APIError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    deadline = time.monotonic() + 20
+    while _engine_load(pipeline.url)[0] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    t.join(60)
+    assert not t.is_alive()
+    err = result["error"]
+    assert isinstance(err, openai.InternalServerError), err
+    assert "decision" in str(err)
+    pipeline.wait_for("[launch] decision", 90, start=mark)   # restarted and ready again
+    pipeline.wait_healthy(30)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = openai_client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hello again"}],
+                max_tokens=3, timeout=10)
+            break
+        except openai.APIError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert r.choices[0].finish_reason == "length"
+    assert pipeline.stage_pids()["decision"] != pid
