@@ -13,7 +13,9 @@ response_cache_size. The audio stage's mode decides whether audio placeholders g
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 from runtime.compute import request_key
 from runtime.records import FLAG_ERROR, FLAG_LAST
@@ -90,18 +92,21 @@ class HttpGatewayStage:
 
         from execution.config import GatewayConfig, PrepareConfig
         from execution.server import build_gateway_app
-        from runtime.compute import resolve_http, resolve_model_dir
+        from runtime.compute import ENV_GATEWAY, resolve_http, resolve_model_dir
 
         self.ctx = ctx
-        p = ctx.params
+        p = {**ctx.params, **json.loads(os.environ.get(ENV_GATEWAY) or "{}")}
         model_dir = resolve_model_dir(ctx)
         host, port = resolve_http(ctx)
         names = p.get("served_model_names") or ["autoglm-phone-9b"]
+        media = p.get("allowed_local_media_path")
         config = GatewayConfig(
             served_model_names=tuple(names), api_key=p.get("api_key") or None,
             max_images=int(p.get("max_images", 10)),
             response_cache_size=int(p.get("response_cache_size", 0)), model_root=model_dir,
-            prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir)))
+            prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir),
+                                  content_format=str(p.get("content_format", "openai")),
+                                  allowed_media_dir=Path(media) if media else None))
         audio_mode = None
         for st in ctx.launch.stages.values():
             if st.module == "perception.audio.stage" and st.params.get("compute") == "model":

@@ -17,6 +17,14 @@ def register(subparsers) -> None:
                    "default: the spec's model_dir, else the embedded default model")
     p.add_argument("--host", help="HTTP host of the OpenAI API (default: the spec's [http].host)")
     p.add_argument("--port", type=int, help="HTTP port of the OpenAI API (default: the spec's [http].port)")
+    g = p.add_argument_group("OpenAI gateway (override the gateway stage's params in the spec)")
+    g.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="model name(s) clients send; the first is reported (default autoglm-phone-9b)")
+    g.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    g.add_argument("--allowed-local-media-path", metavar="DIR",
+                   help="directory from which file:// image and audio URLs may be read")
+    g.add_argument("--chat-template-content-format", choices=("openai", "string"),
+                   help="how list content reaches the chat template; Open-AutoGLM prescribes string")
     p.set_defaults(func=_launch)
 
 
@@ -48,10 +56,11 @@ def _apply_overrides(args, spec) -> None:
     """--model/--host/--port reach the stage processes through their environment (they read
     the spec file themselves); the embedded default model is made here, once, before any stage
     starts, rather than by four stages racing to build it."""
+    import json
     import os
     from pathlib import Path
 
-    from runtime.compute import ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_MODEL_DIR
+    from runtime.compute import ENV_GATEWAY, ENV_HTTP_HOST, ENV_HTTP_PORT, ENV_MODEL_DIR
 
     if args.port is not None and not 0 <= args.port <= 65535:
         raise SystemExit(f"autoglm launch: --port {args.port} is not a TCP port (0-65535)")
@@ -67,6 +76,9 @@ def _apply_overrides(args, spec) -> None:
         os.environ[ENV_MODEL_DIR] = str(ensure_default_checkpoint())
     if os.environ.get(ENV_MODEL_DIR):
         print(f"[launch] model: {os.environ[ENV_MODEL_DIR]}", flush=True)
+    gateway = _gateway_overrides(args)
+    if gateway:
+        os.environ[ENV_GATEWAY] = json.dumps(gateway)
     if args.host:
         os.environ[ENV_HTTP_HOST] = args.host
     if args.port is not None:
@@ -77,3 +89,19 @@ def _apply_overrides(args, spec) -> None:
         port = args.port if args.port is not None else spec.http_port
         print(f"[launch] OpenAI API will be served at http://{host}:{port}/v1 "
               f"once the gateway is ready", flush=True)
+
+
+def _gateway_overrides(args) -> dict:
+    """The gateway flags given on the command line, as the gateway stage's param names."""
+    from pathlib import Path
+
+    media = args.allowed_local_media_path
+    if media is not None:
+        media = Path(media).expanduser().resolve()
+        if not media.is_dir():
+            raise SystemExit(f"autoglm launch: --allowed-local-media-path {args.allowed_local_media_path}: "
+                             f"not a directory")
+    given = {"served_model_names": args.served_model_name, "api_key": args.api_key,
+             "allowed_local_media_path": str(media) if media else None,
+             "content_format": args.chat_template_content_format}
+    return {k: v for k, v in given.items() if v is not None}

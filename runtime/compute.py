@@ -37,11 +37,12 @@ def shm_ref(slot_ref, nbytes: int = 0):
 
 
 # --- what the real stage computes share -------------------------------------------------------
-# `autoglm launch --model/--host/--port` reach every stage through these variables (the stage
+# `autoglm launch --model/--host/--port` (and the gateway flags) reach every stage through these variables (the stage
 # processes re-read the spec file, so command-line overrides travel in their environment).
 ENV_MODEL_DIR = "AUTOGLM_MODEL_DIR"
 ENV_HTTP_HOST = "AUTOGLM_HTTP_HOST"
 ENV_HTTP_PORT = "AUTOGLM_HTTP_PORT"
+ENV_GATEWAY = "AUTOGLM_GATEWAY_PARAMS"  # JSON: gateway params given as `autoglm launch` flags
 COMPUTES = ("model", "minimal")
 
 

@@ -28,13 +28,13 @@ def free_port() -> int:
 
 
 class LaunchedPipeline:
-    def __init__(self, instance: str, port: int):
+    def __init__(self, instance: str, port: int, extra_args: tuple[str, ...] = ()):
         self.instance, self.port = instance, port
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "launch.cli", "launch", "--instance", instance,
-             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+             "--port", str(port), *extra_args], cwd=REPO, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
 
