@@ -84,6 +84,18 @@ class PipelineClient:
                 raise TimeoutError(f"request {rid}: no result within {timeout} s (events: {kinds})")
             self._collect(min(left, 0.1))
 
+    def wait_event(self, rid: str, source: str, kind: str, timeout: float = 5.0) -> bool:
+        """Whether stage `source` published event `kind` for `rid` within `timeout` s. Events
+        of different stages have no order between them: a stage's "done" may come after the
+        gateway's."""
+        deadline = time.monotonic() + timeout
+        while not any(e.source == source and e.kind == kind for e in self.events.get(rid, [])):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._collect(min(left, 0.1))
+        return True
+
     def set_config(self, name: str, value) -> str:
         from control.messages import ConfigValue
 

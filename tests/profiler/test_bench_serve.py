@@ -31,6 +31,12 @@ def _close(value, target, rel=0.10):
     return abs(value - target) <= rel * target
 
 
+def _paced(value, target, rel=0.10, late_ms=10.0):
+    """A paced timing measured on a loaded machine: never much early, but may run late by the
+    scheduler's delay (late_ms), which is far smaller than any mistake in what is measured."""
+    return (1 - rel) * target <= value <= (1 + rel) * target + late_ms
+
+
 def test_ttft_tpot_itl_match_the_server_pace(paced_server):
     url = paced_server("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--tokens", str(TOKENS))
     outputs, duration = _run(url, n=4, max_concurrency=2)
@@ -38,17 +44,17 @@ def test_ttft_tpot_itl_match_the_server_pace(paced_server):
     m = serve.compute_metrics(outputs, duration, [50, 90, 99], {"ttft": 1000, "tpot": 100})
     assert m["completed"] == 4 and m["total_output_tokens"] == 4 * TOKENS
     assert m["total_input_tokens"] == 4 * 11  # the server's usage.prompt_tokens
-    assert _close(m["mean_ttft_ms"], TTFT_MS), m["mean_ttft_ms"]
-    assert _close(m["median_tpot_ms"], ITL_MS), m["median_tpot_ms"]
-    assert _close(m["median_itl_ms"], ITL_MS), m["median_itl_ms"]
-    assert _close(m["p99_itl_ms"], ITL_MS, 0.3)
+    assert _paced(m["mean_ttft_ms"], TTFT_MS), m["mean_ttft_ms"]
+    assert _paced(m["median_tpot_ms"], ITL_MS), m["median_tpot_ms"]
+    assert _paced(m["median_itl_ms"], ITL_MS), m["median_itl_ms"]
+    assert _paced(m["p99_itl_ms"], ITL_MS, 0.3)
     e2e = TTFT_MS + (TOKENS - 1) * ITL_MS
-    assert _close(m["median_e2el_ms"], e2e), m["median_e2el_ms"]
+    assert _paced(m["median_e2el_ms"], e2e, late_ms=30), m["median_e2el_ms"]
     # reasoning and content chunks both count; pooled ITL has (tokens - 1) gaps per request.
     assert all(o.chunks == TOKENS and len(o.itl) == TOKENS - 1 for o in outputs)
     assert all(o.generated_text.startswith("w0 r1 ") for o in outputs)
     # 4 requests, 2 at a time: two waves of ~450 ms.
-    assert _close(duration, 2 * e2e / 1e3, 0.25), duration
+    assert _paced(duration * 1e3, 2 * e2e, 0.25, late_ms=100), duration
     assert m["request_goodput"] == pytest.approx(4 / duration)
     strict = serve.compute_metrics(outputs, duration, [99], {"ttft": TTFT_MS / 2})
     assert strict["request_goodput"] == 0
@@ -60,7 +66,7 @@ def test_token_count_falls_back_to_chunks_without_usage(paced_server):
     assert all(o.success and not o.usage_reported and o.output_tokens == 4 for o in outputs)
     m = serve.compute_metrics(outputs, duration, [99])
     assert m["total_input_tokens"] == 2 * 2  # the dataset's own estimate
-    assert _close(m["median_tpot_ms"], 20, 0.25)
+    assert _paced(m["median_tpot_ms"], 20, 0.25)
 
 
 def test_failures_are_reported_not_counted(paced_server):
@@ -109,13 +115,13 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
     assert "3/3" in r.stderr  # the progress line
     res = json.loads(out.read_text())
     assert res["model"] == "paced" and res["completed"] == 3 and res["request_goodput"] > 0
-    assert _close(res["median_ttft_ms"], TTFT_MS) and _close(res["median_itl_ms"], ITL_MS)
+    assert _paced(res["median_ttft_ms"], TTFT_MS) and _paced(res["median_itl_ms"], ITL_MS)
     assert len(res["request_ids"]) == 3 and all(i.startswith("chatcmpl-") for i in res["request_ids"])
     ov = res["pipeline_overhead"]
     # The test request is not one of the benchmark's: only the 3 are reported.
     assert ov["requests"] == 3 and ov["complete_requests"] == 3
     compute = TTFT_MS + (TOKENS - 1) * ITL_MS
-    assert _close(ov["compute"]["p50_ms"], compute)
+    assert _paced(ov["compute"]["p50_ms"], compute, late_ms=30)
     assert 0 <= ov["overhead"]["p50_ms"] < 0.1 * compute
 
 

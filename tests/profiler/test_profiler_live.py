@@ -42,7 +42,8 @@ def test_profile_numbers_match_injected_delays(profiled_run):
     for name, ms in DELAYS.items():
         row = table[name]
         assert row.count == N_REQUESTS * (TOKENS if name == "decision.token" else 1)
-        assert abs(row.p(50) - ms) <= 0.1 * ms, (name, row.p(50), ms)
+        # A sleep never ends early; on a loaded machine it may end up to a scheduler tick late.
+        assert 0.95 * ms <= row.p(50) <= 1.1 * ms + 1.0, (name, row.p(50), ms)
     assert table["decision.first_token"].max_ms == 0.0  # marks are instants
     # Hops: exactly the three process boundaries, one per request each, small and positive.
     hops = hop_table(spans)
@@ -53,7 +54,7 @@ def test_profile_numbers_match_injected_delays(profiled_run):
     # Overhead = end-to-end minus compute (vision + prefill + tokens).
     rep = overhead_report(spans)
     compute = DELAYS["vision.encode"] + DELAYS["decision.prefill"] + TOKENS * DELAYS["decision.token"]
-    assert abs(rep["compute"]["p50_ms"] - compute) <= 0.1 * compute
+    assert 0.95 * compute <= rep["compute"]["p50_ms"] <= 1.1 * compute + 3.0
     not_compute = sum(DELAYS[n] for n in ("gateway.receive", "gateway.media_decode",
                                            "gateway.shm_write", "decision.admission",
                                            "gateway.response_sent"))
