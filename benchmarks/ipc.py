@@ -138,8 +138,8 @@ class _ShmConsumer:
 @register_transport
 class ShmTransport(Transport):
     key = "shm"
-    label = "shm slot pool + ring/doorbell"
-    includes = "producer: acquire slot, 1 memcpy of the payload into shm, commit, ref record into a shm ring, zmq doorbell; consumer: wake, zero-copy numpy view (no copy)"
+    label = "shm slot pool + ring, FIFO wake-up"
+    includes = "producer: acquire slot, 1 memcpy of the payload into shm (np.copyto into the mapping), commit, ref record into a shm ring, FIFO wake-up of the blocked reader; consumer: wake, read the ref record, zero-copy read-only numpy view (no copy)"
     in_place = False
 
     def setup(self, size, window):
@@ -165,7 +165,7 @@ class ShmTransport(Transport):
 class ShmInPlaceTransport(ShmTransport):
     key = "shm-inplace"
     label = "shm, payload produced in the slot"
-    includes = "producer writes its output directly into a loaned slot (no payload copy: only 2 marker bytes written); ring record + doorbell; consumer zero-copy view. Handoff cost only"
+    includes = "producer writes its output directly into a loaned slot (no payload copy: only 2 marker bytes written); ring record + FIFO wake-up; consumer zero-copy view. Handoff cost only"
     in_place = True
 
 

@@ -5,7 +5,9 @@ only small references (SlotRef) and wake-ups travel elsewhere. This package impo
 else of the project; torch is imported lazily, only by the torch helpers.
 
 Layout: <root>/autoglm-<instance>/ (mode 0700) holds instance.json (owner pid), and per
-channel <name>.pool or <name>.ring (mode 0600) and <name>.bell (the doorbell socket).
+channel <name>.pool or <name>.ring (mode 0600); a ring reader that blocks adds its wake-up
+FIFO <name>.wake-<k> (mode 0600, removed by reader.close()); a generic Doorbell adds
+<name>.bell (its zmq ipc socket).
 <root> is /dev/shm, or $AUTOGLM_SHM_ROOT when set. Names match [A-Za-z0-9_-]{1,64}.
 
 Instance (lifetime)
@@ -36,10 +38,11 @@ Ring (one producer, many consumers, fixed records)
     ring = Ring.create(instance, name, record_dtype, capacity, *, root=None) / Ring.attach(...)
     w = ring.writer(doorbell=True); seq = w.write(record); w.write_many(records)
     r = ring.reader(start="latest"|"oldest")
-    batch = r.read(max_n=None, timeout=None)      # RingBatch(records, lost); blocks on doorbell
+    batch = r.read(max_n=None, timeout=None)      # RingBatch(records, lost); sleeps until woken
+        (the writer pokes each blocked reader's FIFO: ~6 us wake-up, vs ~30-50 us through zmq)
     batch = await r.aread(max_n=None, timeout=None); r.try_read(max_n); r.lost (cumulative)
 
-Doorbell (wake-ups)
+Doorbell (generic zmq PUB/SUB wake-ups with payloads; rings use their own FIFOs, shm.wake)
     bell = Doorbell.bind(instance, name); bell.ring(payload=b"")
     lst = Doorbell.connect(instance, name); payloads = lst.wait(timeout)   # [] on timeout
     AsyncDoorbellListener(instance, name); await lst.wait(timeout)

@@ -16,6 +16,7 @@ OWNER_FILE = "instance.json"
 POOL_SUFFIX = ".pool"
 RING_SUFFIX = ".ring"
 BELL_SUFFIX = ".bell"
+WAKE_SUFFIX = ".wake-"  # + consumer-table index: a ring reader's wake-up FIFO
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Linux sockaddr_un.sun_path is 108 bytes including the NUL.
 _MAX_IPC_PATH = 107

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 
 def start_time(pid: int) -> int | None:
@@ -20,14 +19,27 @@ def start_time(pid: int) -> int | None:
     return int(rest[19])
 
 
-@lru_cache(maxsize=1)
-def _self_identity(pid: int) -> tuple[int, int]:
-    return pid, start_time(pid) or 0
+_identity: tuple[int, int] | None = None
+
+
+def _forget_identity() -> None:
+    global _identity
+    _identity = None
+
+
+# A forked child must not keep its parent's identity; resetting at fork keeps the hot path free
+# of a getpid() syscall per call (slot bookkeeping asks on every acquire/read/release).
+os.register_at_fork(after_in_child=_forget_identity)
 
 
 def self_identity() -> tuple[int, int]:
-    """(pid, start time) of this process; cached per pid so it stays right after fork."""
-    return _self_identity(os.getpid())
+    """(pid, start time) of this process; recomputed after fork."""
+    global _identity
+    ident = _identity
+    if ident is None:
+        pid = os.getpid()
+        ident = _identity = (pid, start_time(pid) or 0)
+    return ident
 
 
 def is_alive(pid: int, start: int = 0) -> bool:

@@ -3,6 +3,12 @@
 The creator owns the directory (its pid and process start time are in instance.json) and
 removes it on normal exit, SIGTERM and SIGINT. A later create() of the same name finds a
 directory whose owner is dead and reclaims it; one whose owner lives raises InstanceBusyError.
+
+Signal cleanup runs in a Python handler, and Python runs handlers in the main thread only. A
+process-directed signal may be delivered to any thread that does not block it (numpy's
+OpenBLAS workers do not), and then it does not interrupt a blocking call of the main thread:
+cleanup happens when the main thread next runs Python code. Main loops should therefore block
+in bounded slices (as the stage loops and RingReader.read do), not in one long sleep.
 """
 from __future__ import annotations
 

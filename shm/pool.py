@@ -9,6 +9,7 @@ writer or holder dies, reclaim() gives its slot back (acquire() does so when the
 from __future__ import annotations
 
 import math
+import struct
 import time
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _proc
 from ._paths import POOL_SUFFIX, channel_path, validate_name
-from ._segment import HEADER_BYTES, KIND_POOL, Segment, require_instance_dir, round_up
+from ._segment import HEADER_BYTES, HEADER_DTYPE, KIND_POOL, Segment, require_instance_dir, round_up
 from .errors import PayloadError, PoolExhaustedError, StaleSlotError, TooManyConsumersError
 
 FREE, WRITING, READY = 0, 1, 2
@@ -41,6 +42,27 @@ SLOT_DTYPE = np.dtype(
         "itemsize": 384,
     }
 )
+
+
+# The hot path reads and writes slot fields with precompiled structs straight on the mapping:
+# one struct call per field group is several times cheaper than numpy scalar indexing, and it
+# leaves no buffer export behind (close() can still unmap). Offsets come from SLOT_DTYPE, so
+# the layout (read by launch/shm_peek.py and the registry) is defined in one place only.
+_OFF = {name: SLOT_DTYPE.fields[name][1] for name in SLOT_DTYPE.names}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+_STATE_NDIM_GEN = struct.Struct("<IIQ")  # state, ndim, generation: the first 16 bytes
+_WRITER = struct.Struct("<qQ")  # writer_pid, writer_start
+_PENDING_COMMIT = struct.Struct("<qQQ")  # pending, nbytes, commit_ns (adjacent)
+_DTYPE_SHAPE = struct.Struct(f"<16s{MAX_NDIM}Q")  # dtype code, shape (adjacent)
+_HOLDER_PIDS = struct.Struct(f"<{MAX_HOLDERS}q")
+assert _OFF["ndim"] == 4 and _OFF["generation"] == 8
+assert _OFF["nbytes"] == _OFF["pending"] + 8 and _OFF["commit_ns"] == _OFF["nbytes"] + 8
+assert _OFF["shape"] == _OFF["dtype"] + 16 and _OFF["writer_start"] == _OFF["writer_pid"] + 8
+_O_PENDING, _O_NBYTES, _O_WPID = _OFF["pending"], _OFF["nbytes"], _OFF["writer_pid"]
+_O_DTYPE, _O_HPID, _O_HSTART, _O_HCOUNT = _OFF["dtype"], _OFF["holder_pid"], _OFF["holder_start"], _OFF["holder_count"]
+_ZERO_SHAPE = (0,) * MAX_NDIM
 
 
 class SlotRef(NamedTuple):
@@ -71,17 +93,42 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "data_ptr")
 
 
-def _dtype_code(dtype: np.dtype) -> str:
-    dtype = np.dtype(dtype)
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufc":
+_CODE_OF: dict = {}  # dtype (or anything np.dtype accepts and that hashes) -> dtype code
+_DTYPE_OF: dict[str, np.dtype] = {}  # dtype code -> numpy dtype
+_CODE_FROM_RAW: dict[bytes, str] = {}  # the 16 raw bytes of a slot's dtype field -> code
+
+
+def _dtype_code(dtype) -> str:
+    try:
+        return _CODE_OF[dtype]
+    except (KeyError, TypeError):
+        pass
+    npd = np.dtype(dtype)
+    if npd.hasobject or npd.fields is not None or npd.subdtype is not None or npd.kind not in "biufc":
         raise PayloadError(
-            f"unsupported dtype {dtype}: slots hold plain bool, integer, float or complex arrays"
+            f"unsupported dtype {npd}: slots hold plain bool, integer, float or complex arrays"
         )
-    return dtype.str
+    try:
+        _CODE_OF[dtype] = npd.str
+    except TypeError:  # unhashable spelling of a dtype: fine, just not cached
+        pass
+    return npd.str
 
 
 def _np_dtype(code: str) -> np.dtype:
-    return np.dtype("<u2") if code == BF16 else np.dtype(code)
+    try:
+        return _DTYPE_OF[code]
+    except KeyError:
+        npd = _DTYPE_OF[code] = np.dtype("<u2") if code == BF16 else np.dtype(code)
+        return npd
+
+
+def _code_from_raw(raw: bytes) -> str:
+    try:
+        return _CODE_FROM_RAW[raw]
+    except KeyError:
+        code = _CODE_FROM_RAW[raw] = raw.rstrip(b"\0").decode()
+        return code
 
 
 def _torch_code_and_numpy(t) -> tuple[str, np.dtype]:
@@ -99,6 +146,8 @@ def _torch_code_and_numpy(t) -> tuple[str, np.dtype]:
 class WriteLoan:
     """A slot acquired by the producer: fill it (write() or array()), then commit() or abort()."""
 
+    __slots__ = ("pool", "slot", "generation", "_described", "_done")
+
     def __init__(self, pool: "SlotPool", slot: int, generation: int):
         self.pool = pool
         self.slot = slot
@@ -106,46 +155,48 @@ class WriteLoan:
         self._described = False
         self._done = False
 
-    def _describe(self, code: str, shape: tuple[int, ...]) -> tuple[np.dtype, int]:
+    def _describe(self, code: str, shape: tuple[int, ...], nbytes: int | None = None) -> np.dtype:
+        """Check the payload against the pool and record dtype, shape and size in the slot."""
         pool = self.pool
         npd = _np_dtype(code)
-        if len(shape) > MAX_NDIM:
-            raise PayloadError(f"channel {pool.name!r}: {len(shape)} dimensions, at most {MAX_NDIM} are supported")
-        if any(int(d) < 0 for d in shape):
-            raise PayloadError(f"channel {pool.name!r}: negative dimension in shape {shape}")
+        ndim = len(shape)
+        if ndim > MAX_NDIM:
+            raise PayloadError(f"channel {pool.name!r}: {ndim} dimensions, at most {MAX_NDIM} are supported")
+        if nbytes is None:
+            if any(d < 0 for d in shape):
+                raise PayloadError(f"channel {pool.name!r}: negative dimension in shape {shape}")
+            nbytes = math.prod(shape) * npd.itemsize
         if pool.dtype_constraint is not None and code != pool.dtype_constraint:
             raise PayloadError(
                 f"channel {pool.name!r} carries dtype {pool.dtype_constraint}, got {code}"
             )
-        nbytes = math.prod(int(d) for d in shape) * npd.itemsize
         if nbytes > pool.slot_bytes:
             raise PayloadError(
                 f"payload of {nbytes} bytes (shape {tuple(shape)}, dtype {code}) does not fit a slot of "
                 f"channel {pool.name!r} ({pool.slot_bytes} bytes)"
             )
-        i = self.slot
-        pool._f_dtype[i] = code.encode()
-        pool._f_ndim[i] = len(shape)
-        row = pool._f_shape[i]
-        row[:] = 0
-        row[: len(shape)] = shape
-        pool._f_nbytes[i] = nbytes
+        mm = pool._seg.mm
+        base = pool._table + self.slot * _SLOT_BYTES
+        _DTYPE_SHAPE.pack_into(mm, base + _O_DTYPE, code.encode(), *shape, *_ZERO_SHAPE[ndim:])
+        _U32.pack_into(mm, base + 4, ndim)
+        _U64.pack_into(mm, base + _O_NBYTES, nbytes)
         self._described = True
-        return npd, nbytes
+        return npd
 
     def array(self, shape, dtype) -> np.ndarray:
         """A writable numpy view of the slot with this shape and dtype, to produce data in place."""
         shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
         code = BF16 if dtype == BF16 else _dtype_code(dtype)
-        npd, _ = self._describe(code, shape)
+        npd = self._describe(code, shape)
         return np.ndarray(shape, dtype=npd, buffer=self.pool._seg.mm, offset=self.pool._slot_offset(self.slot))
 
     def write(self, data) -> None:
-        """Copy a numpy array or torch tensor (CPU, or CUDA: one device-to-host copy) into the slot."""
+        """Copy a numpy array or torch tensor (CPU, or CUDA: one device-to-host copy) into the slot:
+        a single copy straight into the shared mapping, no intermediate buffer."""
         pool = self.pool
-        off = pool._slot_offset(self.slot)
+        off = pool._data_offset + self.slot * pool._stride
         mm = pool._seg.mm
-        if _is_torch(data):
+        if type(data) is not np.ndarray and _is_torch(data):
             import torch
 
             code, npd = _torch_code_and_numpy(data)
@@ -156,9 +207,8 @@ class WriteLoan:
                 dst = dst.view(torch.bfloat16)
             dst.copy_(data.detach())
             return
-        src = np.asarray(data)
-        code = _dtype_code(src.dtype)
-        self._describe(code, src.shape)
+        src = data if type(data) is np.ndarray else np.asarray(data)
+        self._describe(_dtype_code(src.dtype), src.shape, src.nbytes)
         np.copyto(np.ndarray(src.shape, dtype=src.dtype, buffer=mm, offset=off), src, casting="no")
 
     def commit(self, readers: int = 1) -> SlotRef:
@@ -176,6 +226,9 @@ class WriteLoan:
             self.pool._abort(self)
 
 
+_SLOT_BYTES = SLOT_DTYPE.itemsize
+
+
 class SlotPool:
     """A named pool of `n_slots` slots of `slot_bytes` each, in one mmap'd file."""
 
@@ -188,21 +241,21 @@ class SlotPool:
         self.n_slots = int(h["count"])
         self._stride = round_up(max(self.slot_bytes, 1), SLOT_ALIGN)
         table_bytes = round_up(self.n_slots * SLOT_DTYPE.itemsize, SLOT_ALIGN)
+        self._table = HEADER_BYTES
         self._data_offset = HEADER_BYTES + table_bytes
+        # Structured views for introspection and recovery (not on the per-message path).
         self._slots = np.ndarray((self.n_slots,), dtype=SLOT_DTYPE, buffer=seg.mm, offset=HEADER_BYTES)
-        # One plain array view per field: indexing these is several times cheaper than going
-        # through structured records, and these calls sit on every read and write.
         sl = self._slots
         self._f_state, self._f_gen, self._f_pending = sl["state"], sl["generation"], sl["pending"]
-        self._f_nbytes, self._f_commit, self._f_dtype = sl["nbytes"], sl["commit_ns"], sl["dtype"]
-        self._f_ndim, self._f_shape = sl["ndim"], sl["shape"]
+        self._f_commit = sl["commit_ns"]
         self._f_wpid, self._f_wstart = sl["writer_pid"], sl["writer_start"]
         self._f_hpid, self._f_hstart, self._f_hcount = sl["holder_pid"], sl["holder_start"], sl["holder_count"]
-        from ._segment import HEADER_DTYPE
-
-        # written, read, dropped, released are adjacent u64 fields of the header.
+        # written, read, dropped, released: adjacent u64 counters of the header.
+        self._ctr = HEADER_DTYPE.fields["written"][1]
+        # Views handed to readers come from a read-only export: read-only from birth, cheaper
+        # than clearing the writeable flag on every read.
+        self._ro = memoryview(seg.mm).toreadonly()
         self._producer_pid = 0
-        self._ctr = np.ndarray((4,), dtype="<u8", buffer=seg.mm, offset=HEADER_DTYPE.fields["written"][1])
         descr = h["dtype_descr"][()].decode()
         self.dtype_constraint: str | None = descr or None
         self.path = seg.path
@@ -240,9 +293,15 @@ class SlotPool:
         return cls(seg, instance, name)
 
     def close(self) -> None:
-        self._slots = self._ctr = None
+        self._slots = None
         for k in [k for k in vars(self) if k.startswith("_f_")]:
             setattr(self, k, None)
+        if self._ro is not None:
+            try:
+                self._ro.release()
+            except BufferError:
+                pass  # readers still hold views: the mapping stays until they go (see Segment.close)
+            self._ro = None
         self._seg.close()
 
     def unlink(self) -> None:
@@ -257,28 +316,37 @@ class SlotPool:
     def _slot_offset(self, slot: int) -> int:
         return self._data_offset + slot * self._stride
 
+    def _bump(self, k: int, n: int = 1) -> None:
+        """counter k (0 written, 1 read, 2 dropped, 3 released) += n; caller holds the lock."""
+        off = self._ctr + 8 * k
+        mm = self._seg.mm
+        _U64.pack_into(mm, off, _U64.unpack_from(mm, off)[0] + n)
+
     # --- producer side ------------------------------------------------------------------
     def try_acquire(self) -> WriteLoan | None:
         pid, start = _proc.self_identity()
-        with self._seg:
+        seg = self._seg
+        mm = seg.mm
+        with seg:
             # Lowest free index: the slot just released is reused while still in the CPU
             # caches (round-robin over 4 x 4 MiB slots measured ~40% slower per put).
             try:
                 i = self._f_state.tolist().index(FREE)
             except ValueError:
                 return None
-            gen = int(self._f_gen[i]) + 1
-            self._f_gen[i] = gen
-            self._f_state[i] = WRITING
-            self._f_wpid[i] = pid
-            self._f_wstart[i] = start
-            self._f_pending[i] = 0
+            base = self._table + i * _SLOT_BYTES
+            gen = _U64.unpack_from(mm, base + 8)[0] + 1
+            # Writer identity first, state last: whoever sees WRITING also sees who writes.
+            _WRITER.pack_into(mm, base + _O_WPID, pid, start)
+            _I64.pack_into(mm, base + _O_PENDING, 0)
+            _U64.pack_into(mm, base + 8, gen)
+            _U32.pack_into(mm, base, WRITING)
             if self._producer_pid != pid:  # record the producer once, not on every acquire
-                h = self._seg.header
+                h = seg.header
                 h["producer_pid"] = pid
                 h["producer_start"] = start
                 self._producer_pid = pid
-            return WriteLoan(self, i, gen)
+        return WriteLoan(self, i, gen)
 
     def acquire(self, timeout: float | None = None) -> WriteLoan:
         """A free slot to write. Waits up to `timeout` seconds (None: forever) for consumers to
@@ -318,91 +386,103 @@ class SlotPool:
 
     def _commit(self, loan: WriteLoan, readers: int) -> SlotRef:
         i = loan.slot
+        mm = self._seg.mm
+        base = self._table + i * _SLOT_BYTES
         with self._seg:
-            gen = int(self._f_gen[i])
-            if gen != loan.generation or self._f_state[i] != WRITING:
+            state, _, gen = _STATE_NDIM_GEN.unpack_from(mm, base)
+            if gen != loan.generation or state != WRITING:
                 raise StaleSlotError(
                     f"slot {i} of channel {self.name!r} was reclaimed while being written "
                     f"(loan generation {loan.generation}, slot now at {gen})"
                 )
-            self._f_pending[i] = readers
-            self._f_commit[i] = time.monotonic_ns()
-            self._f_state[i] = READY
-            self._ctr[0] += 1
+            _I64.pack_into(mm, base + _O_PENDING, readers)
+            _U64.pack_into(mm, base + _O_NBYTES + 8, time.monotonic_ns())  # commit_ns
+            _U32.pack_into(mm, base, READY)  # last: the slot is published by this store
+            self._bump(0)
         loan._done = True
-        return SlotRef(self.name, loan.slot, loan.generation)
+        return SlotRef(self.name, i, gen)
 
     def _abort(self, loan: WriteLoan) -> None:
         i = loan.slot
+        mm = self._seg.mm
+        base = self._table + i * _SLOT_BYTES
         with self._seg:
-            if int(self._f_gen[i]) == loan.generation and self._f_state[i] == WRITING:
-                self._f_state[i] = FREE
+            state, _, gen = _STATE_NDIM_GEN.unpack_from(mm, base)
+            if gen == loan.generation and state == WRITING:
+                _U32.pack_into(mm, base, FREE)
         loan._done = True
 
     # --- consumer side ------------------------------------------------------------------
-    def _check(self, ref: SlotRef, i: int) -> None:
+    def _check(self, ref: SlotRef, i: int, base: int) -> int:
+        """Raise StaleSlotError unless slot i is READY at the ref's generation; returns ndim.
+        Caller holds the lock."""
         if ref.channel != self.name:
             raise StaleSlotError(f"ref for channel {ref.channel!r} used on channel {self.name!r}")
-        gen = int(self._f_gen[i])
+        state, ndim, gen = _STATE_NDIM_GEN.unpack_from(self._seg.mm, base)
         if gen != ref.generation:
             raise StaleSlotError(
                 f"slot {ref.slot} of channel {self.name!r} was reused: ref generation "
                 f"{ref.generation}, slot now at generation {gen}"
             )
-        state = int(self._f_state[i])
         if state != READY:
             raise StaleSlotError(
                 f"slot {ref.slot} of channel {self.name!r} (generation {gen}) is "
                 f"{STATE_NAMES.get(state, '?')}, not ready: released already or never committed"
             )
+        return ndim
 
     def _slot_index(self, ref: SlotRef) -> int:
-        if not 0 <= int(ref.slot) < self.n_slots:
+        i = ref.slot
+        if type(i) is not int:
+            i = int(i)
+        if not 0 <= i < self.n_slots:
             raise StaleSlotError(f"slot {ref.slot} out of range for channel {self.name!r} ({self.n_slots} slots)")
-        return int(ref.slot)
+        return i
 
-    def _hold(self, ref: SlotRef) -> tuple[str, tuple[int, ...], int]:
+    def _hold(self, ref: SlotRef) -> tuple[str, tuple[int, ...]]:
+        """Register this process as a holder of the slot; returns its (dtype code, shape)."""
         i = self._slot_index(ref)
         pid, start = _proc.self_identity()
+        mm = self._seg.mm
+        base = self._table + i * _SLOT_BYTES
         with self._seg:
-            self._check(ref, i)
-            pids = self._f_hpid[i].tolist()
+            ndim = self._check(ref, i, base)
+            pids = _HOLDER_PIDS.unpack_from(mm, base + _O_HPID)
             if pid in pids:
-                self._f_hcount[i, pids.index(pid)] += 1
+                off = base + _O_HCOUNT + 8 * pids.index(pid)
+                _I64.pack_into(mm, off, _I64.unpack_from(mm, off)[0] + 1)
             else:
                 if 0 not in pids:
                     raise TooManyConsumersError(
                         f"slot {i} of channel {self.name!r} is held by {MAX_HOLDERS} processes already"
                     )
-                j = pids.index(0)
-                self._f_hpid[i, j] = pid
-                self._f_hstart[i, j] = start
-                self._f_hcount[i, j] = 1
-            self._ctr[1] += 1
-            ndim = int(self._f_ndim[i])
-            return self._f_dtype[i].decode(), tuple(self._f_shape[i, :ndim].tolist()), int(self._f_nbytes[i])
+                j = 8 * pids.index(0)
+                _I64.pack_into(mm, base + _O_HPID + j, pid)
+                _U64.pack_into(mm, base + _O_HSTART + j, start)
+                _I64.pack_into(mm, base + _O_HCOUNT + j, 1)
+            self._bump(1)
+            desc = _DTYPE_SHAPE.unpack_from(mm, base + _O_DTYPE)
+        return _code_from_raw(desc[0]), desc[1 : 1 + ndim]
 
     def read(self, ref: SlotRef, *, dtype=None, shape=None) -> np.ndarray:
         """Zero-copy read-only numpy view of the slot's tensor; the caller holds the slot until
         release(ref). bf16 payloads come back as their raw uint16 bits (use read_torch).
         `dtype`/`shape`, when given, are checked against what the producer wrote."""
-        code, shp, _ = self._hold(ref)
+        code, shp = self._hold(ref)
         if dtype is not None or shape is not None:
             try:
                 self._expect(ref, code, shp, dtype, shape)
             except PayloadError:
                 self._unhold(ref)  # undo the hold; the share stays for a correct read
                 raise
-        arr = np.ndarray(shp, dtype=_np_dtype(code), buffer=self._seg.mm, offset=self._slot_offset(ref.slot))
-        arr.flags.writeable = False
-        return arr
+        return np.ndarray(shp, dtype=_np_dtype(code), buffer=self._ro, offset=self._data_offset + ref.slot * self._stride)
 
     def read_torch(self, ref: SlotRef, *, dtype=None, shape=None):
         """Zero-copy CPU torch tensor over the slot (torch imported only here). The tensor is
         technically writable (torch has no read-only tensors); consumers must not write it."""
         import torch
 
-        code, shp, _ = self._hold(ref)
+        code, shp = self._hold(ref)
         try:
             self._expect(ref, code, shp, dtype, shape)
         except PayloadError:
@@ -453,25 +533,31 @@ class SlotPool:
     def _drop(self, ref: SlotRef, share: bool) -> None:
         i = self._slot_index(ref)
         pid, _ = _proc.self_identity()
+        mm = self._seg.mm
+        base = self._table + i * _SLOT_BYTES
         with self._seg:
-            self._check(ref, i)
-            pids = self._f_hpid[i].tolist()
+            self._check(ref, i, base)
+            pids = _HOLDER_PIDS.unpack_from(mm, base + _O_HPID)
             if pid in pids:
-                j = pids.index(pid)
-                left = int(self._f_hcount[i, j]) - 1
-                self._f_hcount[i, j] = left
-                if left <= 0:
-                    self._f_hpid[i, j] = 0
-                    self._f_hstart[i, j] = 0
-                    self._f_hcount[i, j] = 0
+                j = 8 * pids.index(pid)
+                left = _I64.unpack_from(mm, base + _O_HCOUNT + j)[0] - 1
+                if left > 0:
+                    _I64.pack_into(mm, base + _O_HCOUNT + j, left)
+                else:
+                    _I64.pack_into(mm, base + _O_HPID + j, 0)
+                    _U64.pack_into(mm, base + _O_HSTART + j, 0)
+                    _I64.pack_into(mm, base + _O_HCOUNT + j, 0)
             if share:
-                self._f_pending[i] -= 1
-                self._ctr[3] += 1
+                _I64.pack_into(mm, base + _O_PENDING, _I64.unpack_from(mm, base + _O_PENDING)[0] - 1)
+                self._bump(3)
             self._maybe_free(i)
 
     def _maybe_free(self, i: int) -> bool:
-        if self._f_pending[i] <= 0 and not self._f_hpid[i].any():
-            self._f_state[i] = FREE
+        """Free slot i if every share was released and nobody holds it; caller holds the lock."""
+        mm = self._seg.mm
+        base = self._table + i * _SLOT_BYTES
+        if _I64.unpack_from(mm, base + _O_PENDING)[0] <= 0 and not any(_HOLDER_PIDS.unpack_from(mm, base + _O_HPID)):
+            _U32.pack_into(mm, base, FREE)
             return True
         return False
 
@@ -505,7 +591,7 @@ class SlotPool:
                     if self._maybe_free(i):
                         freed += 1
             if freed:
-                self._ctr[2] += freed
+                self._bump(2, freed)
         return freed
 
     # --- introspection ------------------------------------------------------------------

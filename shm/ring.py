@@ -9,11 +9,17 @@ guarantees; every access here is a separate call into numpy, so the compiler can
 them either. (On weakly ordered CPUs such as aarch64 it would need explicit fences.)
 
 Consumers register in a table in the header page, so their cursors, read and lost counts are
-visible to `autoglm shm ls` and the topic tools.
+visible to `autoglm shm ls` and the topic tools. A blocked reader sleeps on a FIFO of its own
+that the writer pokes after each write (shm.wake explains why not the zmq doorbell).
+
+The per-record path (write of one record, read of what is new) uses precompiled structs on
+the mapping for the sequence words, head and cursors: numpy scalar indexing and fancy
+indexing cost several microseconds per call, more than the rest of the hand-off.
 """
 from __future__ import annotations
 
 import ast
+import struct
 import time
 from typing import NamedTuple
 
@@ -21,19 +27,27 @@ import numpy as np
 
 from . import _proc
 from ._paths import RING_SUFFIX, channel_path, validate_name
-from ._segment import HEADER_BYTES, KIND_RING, Segment, require_instance_dir, round_up
+from ._segment import HEADER_BYTES, HEADER_DTYPE, KIND_RING, Segment, require_instance_dir, round_up
 from .errors import PayloadError, RingBusyError, TooManyConsumersError
+from .wake import WAKE_FLAG_IN_ENTRY, WAKE_GEN_OFFSET, WakeReceiver, WakeSender
 
 MAX_CONSUMERS = 32
 CONSUMER_DTYPE = np.dtype(
     {
-        "names": ["pid", "start", "cursor", "read", "lost"],
-        "formats": ["<i8", "<u8", "<u8", "<u8", "<u8"],
+        "names": ["pid", "start", "cursor", "read", "lost", "wake"],
+        "formats": ["<i8", "<u8", "<u8", "<u8", "<u8", "<u8"],
+        "offsets": [0, 8, 16, 24, 32, WAKE_FLAG_IN_ENTRY],
         "itemsize": 64,
     }
 )
 CONSUMERS_OFFSET = 2048  # inside the header page, after the common header
 assert CONSUMERS_OFFSET + MAX_CONSUMERS * CONSUMER_DTYPE.itemsize <= HEADER_BYTES
+assert HEADER_DTYPE.itemsize <= WAKE_GEN_OFFSET < CONSUMERS_OFFSET
+_U64 = struct.Struct("<Q")
+_PROGRESS = struct.Struct("<QQQ")  # cursor, read, lost of a consumer entry
+_O_HEAD = HEADER_DTYPE.fields["head"][1]
+_O_WRITTEN = HEADER_DTYPE.fields["written"][1]
+_O_PROGRESS = CONSUMER_DTYPE.fields["cursor"][1]
 # Without a doorbell message, a blocked reader still re-checks the ring this often: a safety
 # net for wake-ups lost while a subscription was still being set up or a writer restarted.
 RECHECK_S = 0.1
@@ -145,15 +159,32 @@ class RingWriter:
             h["producer_start"] = start
         self._seq = ring._entries["seq"]
         self._rec = ring._entries["rec"]
-        self._bell = None
-        if doorbell:
-            from .doorbell import Doorbell
-
-            self._bell = Doorbell.bind(ring.instance, ring.name, root=ring._root)
+        self._stride = ring._entries.dtype.itemsize
+        self._one = np.zeros((), dtype=ring.record_dtype)  # a single record, validated here first
+        self._bell = WakeSender(ring) if doorbell else None
 
     def write(self, record) -> int:
         """Append one record (a tuple or a 0-d array of the record dtype); returns its sequence number."""
-        return self.write_many(np.asarray([record] if not isinstance(record, np.ndarray) or record.ndim == 0 else record, dtype=self.ring.record_dtype))
+        if isinstance(record, np.ndarray) and record.ndim:
+            return self.write_many(record)
+        ring = self.ring
+        one = self._one
+        try:
+            one[()] = record  # convert before touching the ring: a bad record leaves no trace
+        except (TypeError, ValueError) as e:
+            raise PayloadError(f"ring {ring.name!r} takes records of dtype {ring.record_dtype}, got {record!r}: {e}") from None
+        mm = ring._seg.mm
+        head = _U64.unpack_from(mm, _O_HEAD)[0]
+        i = head % ring.capacity
+        off = HEADER_BYTES + i * self._stride
+        _U64.pack_into(mm, off, 2 * head + 1)  # odd: being written
+        self._rec[i] = one
+        _U64.pack_into(mm, off, 2 * head + 2)
+        _U64.pack_into(mm, _O_HEAD, head + 1)
+        _U64.pack_into(mm, _O_WRITTEN, head + 1)
+        if self._bell is not None:
+            self._bell.wake()
+        return head
 
     def write_many(self, records) -> int:
         """Append records in order; returns the sequence number of the last one."""
@@ -183,7 +214,7 @@ class RingWriter:
         h["head"] = head + n
         h["written"] = head + n
         if self._bell is not None:
-            self._bell.ring()
+            self._bell.wake()
         return head + n - 1
 
     def close(self) -> None:
@@ -212,24 +243,27 @@ class RingReader:
                 raise TooManyConsumersError(f"ring {ring.name!r} already has {MAX_CONSUMERS} consumers")
             head = int(h["head"])
             cursor = head if start == "latest" else max(0, head - ring.capacity)
-            c[free] = (pid, pstart, cursor, 0, 0)
+            c[free] = (pid, pstart, cursor, 0, 0, 0)
         self._slot = free
-        self._me = c[free : free + 1]
+        self._progress = CONSUMERS_OFFSET + free * CONSUMER_DTYPE.itemsize + _O_PROGRESS
         self.cursor = cursor
         self.lost = 0  # cumulative
         self.read_count = 0
         self._seq = ring._entries["seq"]
         self._rec = ring._entries["rec"]
-        self._bell = None
-        self._abell = None
+        self._stride = ring._entries.dtype.itemsize
+        self._wake = None
 
     def available(self) -> int:
-        return int(self.ring._seg.header["head"]) - self.cursor
+        return _U64.unpack_from(self.ring._seg.mm, _O_HEAD)[0] - self.cursor
 
     def try_read(self, max_n: int | None = None) -> RingBatch:
+        if self._progress is None:
+            raise ValueError(f"reader of ring {self.ring.name!r} is closed")
         ring = self.ring
+        mm = ring._seg.mm
         cap = ring.capacity
-        head = int(ring._seg.header["head"])
+        head = _U64.unpack_from(mm, _O_HEAD)[0]
         lost = 0
         cursor = self.cursor
         if head - cursor > cap:
@@ -240,6 +274,16 @@ class RingReader:
             n = min(n, int(max_n))
         if n <= 0:
             records = np.empty(0, dtype=ring.record_dtype)
+        elif n == 1:  # the common case of a reader keeping up: no index arrays
+            i = cursor % cap
+            off = HEADER_BYTES + i * self._stride
+            expected = 2 * cursor + 2
+            before = _U64.unpack_from(mm, off)[0]
+            records = self._rec[i : i + 1].copy()
+            if before != expected or _U64.unpack_from(mm, off)[0] != expected:
+                lost += 1  # overwritten while we copied it
+                records = records[1:]
+            cursor += 1
         else:
             seqs = np.arange(cursor, cursor + n, dtype=np.uint64)
             idx = (seqs % cap).astype(np.intp)
@@ -256,49 +300,56 @@ class RingReader:
                 records = records[k:]
             cursor += n
         self.cursor = cursor
-        self.lost += lost
+        if lost:
+            self.lost += lost
         self.read_count += len(records)
-        me = self._me
-        me["cursor"] = cursor
-        me["read"] = self.read_count
-        me["lost"] = self.lost
+        _PROGRESS.pack_into(mm, self._progress, cursor, self.read_count, self.lost)
         return RingBatch(records, lost)
 
+    def _register_wake(self) -> None:
+        with self.ring._seg:
+            if self._slot is None:
+                raise ValueError(f"reader of ring {self.ring.name!r} is closed")
+        self._wake = WakeReceiver(self.ring, self._slot)
+
     def read(self, max_n: int | None = None, timeout: float | None = None) -> RingBatch:
-        """Records not yet seen (up to max_n). Blocks on the doorbell until at least one record
-        or a loss is there, or `timeout` seconds pass (None: forever, 0: do not wait)."""
+        """Records not yet seen (up to max_n). Blocks until at least one record or a loss is
+        there (woken by the writer), or `timeout` seconds pass (None: forever, 0: do not wait)."""
         batch = self.try_read(max_n)
         if len(batch.records) or batch.lost or timeout == 0:
             return batch
-        if self._bell is None:
-            from .doorbell import Doorbell
-
-            self._bell = Doorbell.connect(self.ring.instance, self.ring.name, root=self.ring._root)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._wake is None:
+            self._register_wake()
+            batch = self.try_read(max_n)  # written before the writer knew of our FIFO
+            if len(batch.records) or batch.lost:
+                return batch
         while True:
             remaining = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
             if remaining <= 0:
                 return batch
-            self._bell.wait(remaining)
+            self._wake.wait(remaining)
             batch = self.try_read(max_n)
             if len(batch.records) or batch.lost:
                 return batch
 
     async def aread(self, max_n: int | None = None, timeout: float | None = None) -> RingBatch:
-        """asyncio variant of read() for the gateway's event loop."""
+        """asyncio variant of read() for the gateway's event loop (sleeps in the loop's
+        selector on the same FIFO, no thread)."""
         batch = self.try_read(max_n)
         if len(batch.records) or batch.lost or timeout == 0:
             return batch
-        if self._abell is None:
-            from .doorbell import AsyncDoorbellListener
-
-            self._abell = AsyncDoorbellListener(self.ring.instance, self.ring.name, root=self.ring._root)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._wake is None:
+            self._register_wake()
+            batch = self.try_read(max_n)
+            if len(batch.records) or batch.lost:
+                return batch
         while True:
             remaining = RECHECK_S if deadline is None else min(RECHECK_S, deadline - time.monotonic())
             if remaining <= 0:
                 return batch
-            await self._abell.wait(remaining)
+            await self._wake.wait_async(remaining)
             batch = self.try_read(max_n)
             if len(batch.records) or batch.lost:
                 return batch
@@ -308,13 +359,12 @@ class RingReader:
         ring = self.ring
         if self._slot is None:
             return
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
         with ring._seg:
             h = ring._seg.header
             h["read"] += self.read_count
             h["dropped"] += self.lost
-            ring._consumers[self._slot] = (0, 0, 0, 0, 0)
-        self._slot = None
-        for b in (self._bell, self._abell):
-            if b is not None:
-                b.close()
-        self._bell = self._abell = None
+            ring._consumers[self._slot] = (0, 0, 0, 0, 0, 0)
+        self._slot = self._progress = None

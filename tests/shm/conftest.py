@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from shm_testutil import PREFIX, unique_name
+from shm_testutil import EXIT_TIMEOUT_S, PREFIX, unique_name
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,19 +27,41 @@ def inst():
     from shm import Instance
 
     i = Instance.create(unique_name(), handle_signals=False)
-    yield i
-    i.close()
+    try:
+        yield i
+    finally:
+        i.close()
     assert not os.path.exists(i.path)
+
+
+class Children(list):
+    """Child processes of one test; `owns(name)` marks an instance that a child creates, so
+    teardown removes it even when the test failed before the child could (a SIGKILLed owner
+    leaves its directory behind by design) and one failure does not leak into the suite."""
+
+    def __init__(self):
+        super().__init__()
+        self.instances: list[str] = []
+
+    def owns(self, name: str) -> str:
+        self.instances.append(name)
+        return name
 
 
 @pytest.fixture
 def children():
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
-        for f in (p.stdout, p.stderr):
-            if f:
-                f.close()
+    from shm import remove_instance
+
+    procs = Children()
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(EXIT_TIMEOUT_S)
+            for f in (p.stdout, p.stderr, p.stdin):
+                if f:
+                    f.close()
+        for name in procs.instances:  # owners are dead now: a leftover is removed, not hidden
+            remove_instance(name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -26,14 +27,25 @@ def python_c(code: str, *args: str, stdout=subprocess.PIPE, **kw) -> subprocess.
     )
 
 
-def wait_line(proc: subprocess.Popen, expect: str, timeout: float = 20.0) -> str:
-    """Read stdout lines until one starts with `expect` (the child's 'I am ready' signal)."""
+# Generous: a child interpreter importing numpy can take many seconds to start on a loaded
+# 2-core CI machine. Only start-up and exit waits are long; what the tests assert is not.
+START_TIMEOUT_S = 90.0
+EXIT_TIMEOUT_S = 60.0
+
+
+def wait_line(proc: subprocess.Popen, expect: str, timeout: float = START_TIMEOUT_S) -> str:
+    """Read stdout lines until one starts with `expect` (the child's 'I am ready' signal).
+    The deadline holds even if the child prints nothing (readline alone would block)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            break
         line = proc.stdout.readline()
         if not line:
             break
         if line.startswith(expect):
             return line.strip()
     proc.kill()
-    raise AssertionError(f"child did not print {expect!r}; stderr: {proc.stderr.read()}")
+    proc.wait()
+    raise AssertionError(f"child did not print {expect!r} within {timeout}s; stderr: {proc.stderr.read()}")

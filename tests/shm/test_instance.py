@@ -13,7 +13,7 @@ from shm import (
     StaleSlotError, instance_dir, list_instances,
 )
 
-from shm_testutil import REPO, python_c, unique_name, wait_line
+from shm_testutil import EXIT_TIMEOUT_S, REPO, python_c, unique_name, wait_line
 
 OWNER = """
 import sys, time, signal, numpy as np
@@ -29,10 +29,16 @@ if mode == "chained":
     signal.signal(signal.SIGTERM, mine)
 inst = Instance.create(sys.argv[1])
 inst.create_pool("p", 4096, 2)
-w = inst.create_ring("r", np.dtype([("x", "<i4")]), 8).writer()
+ring = inst.create_ring("r", np.dtype([("x", "<i4")]), 8)
+w = ring.writer()
+ring.reader().read(timeout=0.01)  # a reader that blocked once: its wake-up FIFO exists
 try:  # "up" inside the try: the test may signal as soon as it reads the line
     print("up", inst.path, flush=True)
-    time.sleep(60)
+    # Like a real main loop, block in short slices: Python runs handlers in the main thread,
+    # and a process-directed signal may land on another thread (numpy's OpenBLAS workers do
+    # not block signals), which does not interrupt a single long sleep of the main thread.
+    for _ in range(600):
+        time.sleep(0.1)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
     sys.exit(4)
@@ -45,36 +51,36 @@ except KeyboardInterrupt:
     (signal.SIGINT, "default", 4, "KeyboardInterrupt"),
 ])
 def test_segments_removed_on_signal_and_handlers_chained(children, sig, mode, code, line):
-    name = unique_name()
+    name = children.owns(unique_name())
     p = python_c(OWNER, name, mode)
     children.append(p)
     path = wait_line(p, "up").split(" ", 1)[1]
-    assert sorted(os.listdir(path)) == ["instance.json", "p.pool", "r.bell", "r.ring"]
+    assert sorted(os.listdir(path)) == ["instance.json", "p.pool", "r.ring", "r.wake-0"]
     p.send_signal(sig)
-    assert p.wait(20) == code
+    assert p.wait(EXIT_TIMEOUT_S) == code
     if line:
         assert line in p.stdout.read()
     assert not os.path.exists(path)
 
 
 def test_normal_exit_removes_segments(children):
-    name = unique_name()
+    name = children.owns(unique_name())
     p = python_c("import sys; from shm import Instance; i = Instance.create(sys.argv[1]); i.create_pool('p', 64, 1); print('up', i.path)", name)
     children.append(p)
     path = wait_line(p, "up").split(" ", 1)[1]
-    assert p.wait(20) == 0
+    assert p.wait(EXIT_TIMEOUT_S) == 0
     assert not os.path.exists(path)
 
 
 def test_crashed_instance_reclaimed_by_next_launch(children):
-    name = unique_name()
+    name = children.owns(unique_name())
     p = python_c(OWNER, name, "default")
     children.append(p)
     path = wait_line(p, "up").split(" ", 1)[1]
     with pytest.raises(InstanceBusyError, match=f"live process {p.pid}"):
         Instance.create(name, handle_signals=False)
     p.send_signal(signal.SIGKILL)
-    p.wait(10)
+    p.wait(EXIT_TIMEOUT_S)
     assert os.path.exists(os.path.join(path, "p.pool"))  # a crash leaves the segments...
     [info] = [i for i in list_instances() if i.name == name]
     assert not info.owner_alive and {c.name for c in info.channels} == {"p", "r"}
@@ -116,7 +122,7 @@ def _cli(*args):
 
 
 def test_cli_ls_and_clean(children):
-    name = unique_name()
+    name = children.owns(unique_name())
     p = python_c(OWNER, name, "default")
     children.append(p)
     wait_line(p, "up")
@@ -129,7 +135,7 @@ def test_cli_ls_and_clean(children):
     assert refused.returncode == 1 and "live process" in refused.stderr and "--force" in refused.stderr
     assert os.path.isdir(instance_dir(name))
     p.send_signal(signal.SIGKILL)
-    p.wait(10)
+    p.wait(EXIT_TIMEOUT_S)
     assert "DEAD" in _cli("shm", "ls", name).stdout
     done = _cli("shm", "clean", name)
     assert done.returncode == 0 and f"removed {name}" in done.stdout
@@ -176,3 +182,4 @@ def test_pool_invariants(ops):
                     pool.read(ref)
             assert pool.free_slots() == 3 - len(live)
         pool.close()
+    assert not os.path.exists(inst.path)

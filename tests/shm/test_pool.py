@@ -9,7 +9,7 @@ from shm import (
     BF16, PayloadError, PoolExhaustedError, SlotPool, SlotRef, StaleSlotError,
 )
 
-from shm_testutil import python_c, wait_line
+from shm_testutil import EXIT_TIMEOUT_S, python_c, wait_line
 
 
 def test_roundtrip_numpy_zero_copy(inst):
@@ -121,9 +121,13 @@ def test_mode_0600(inst):
     pool = inst.create_pool("p", 64, 1)
     ring = inst.create_ring("r", np.dtype([("x", "<i4")]), 4)
     w = ring.writer()
+    r = ring.reader()
+    r.read(timeout=0.01)  # blocks once: creates its wake-up FIFO
     assert os.stat(inst.path).st_mode & 0o777 == 0o700
-    for path in (pool.path, ring.path, os.path.join(inst.path, "r.bell"), os.path.join(inst.path, "instance.json")):
+    for path in (pool.path, ring.path, os.path.join(inst.path, "r.wake-0"), os.path.join(inst.path, "instance.json")):
         assert os.stat(path).st_mode & 0o777 == 0o600, path
+    r.close()
+    assert not os.path.exists(os.path.join(inst.path, "r.wake-0"))  # a closed reader takes it away
     w.close()
 
 
@@ -218,7 +222,7 @@ def test_consumer_killed_while_holding_slot_gives_it_back(inst, children):
     with pytest.raises(PoolExhaustedError):
         pool.acquire(timeout=0.1)  # held by a live reader: not reclaimed
     holder.send_signal(signal.SIGKILL)
-    holder.wait(10)
+    holder.wait(EXIT_TIMEOUT_S)
     loan = pool.acquire(timeout=5)  # reclaimed from the dead holder
     assert loan.slot == ref.slot and loan.generation == ref.generation + 1
     loan.abort()
@@ -243,7 +247,7 @@ def test_producer_killed_mid_write_slot_reclaimed(inst, children):
     wait_line(w, "writing")
     assert pool.slot_states()["writing"] == 1
     w.send_signal(signal.SIGKILL)
-    w.wait(10)
+    w.wait(EXIT_TIMEOUT_S)
     ref = pool.put(np.zeros(3), timeout=5)
     assert ref.generation == 2
     pool.release(ref)

@@ -1,4 +1,5 @@
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -7,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from shm import PayloadError, Ring, RingBusyError, Registry
 
-from shm_testutil import python_c, wait_line
+from shm_testutil import EXIT_TIMEOUT_S, python_c, wait_line
 
 TOKEN = np.dtype([("req", "<u4"), ("tok", "<i4"), ("check", "<u8"), ("pad", "<u8", 5)])
 
@@ -65,7 +66,7 @@ def test_concurrent_writer_never_gives_torn_records(inst, children):
             last = int(seq[-1])
         got += len(rec)
         time.sleep(0.0005 if got % 3 else 0)  # be slow sometimes: force overruns
-    assert p.wait(30) == 0
+    assert p.wait(EXIT_TIMEOUT_S) == 0
     assert got + lost == n and got > 0
     assert r.lost == lost
 
@@ -87,7 +88,7 @@ time.sleep(60)
     with pytest.raises(RingBusyError, match=f"live writer \\(pid {p.pid}\\)"):
         ring.writer()
     p.kill()
-    p.wait(10)
+    p.wait(EXIT_TIMEOUT_S)
     w = ring.writer(doorbell=False)  # a restarted producer takes over and continues the sequence
     assert w.write((1, 5, 0, [0] * 5)) == 1
 
@@ -196,3 +197,4 @@ def test_ring_invariants(capacity, ops):
         assert delivered == sorted(delivered) and len(set(delivered)) == len(delivered)
         r.close()
         ring.close()
+    assert not os.path.exists(inst.path)
