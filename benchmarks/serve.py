@@ -493,6 +493,32 @@ def format_metrics(m: dict) -> str:
 
 
 # =============================================================================== the command
+def host_load(top: int = 8) -> dict:
+    """CPU count, load average and the busiest processes now (pid, %CPU over 0.5 s, command),
+    so a result file says what the benchmark shared the machine with."""
+    out = {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())}
+    try:
+        import psutil
+    except ImportError:
+        return out
+    procs = list(psutil.process_iter(["pid", "cmdline"]))
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(0.5)
+    rows = []
+    for p in procs:
+        try:
+            rows.append((p.cpu_percent(None), p.info["pid"], " ".join(p.info["cmdline"] or [])[:160]))
+        except psutil.Error:
+            pass
+    rows.sort(reverse=True)
+    out["busiest"] = [{"pid": pid, "cpu_percent": cpu, "cmd": cmd} for cpu, pid, cmd in rows[:top]]
+    return out
+
+
 def _resolve_model(base_url: str, api_key: str | None) -> str:
     import httpx
 
@@ -518,6 +544,7 @@ def run_cli(args) -> int:
 
         collector = SpanCollector(args.instance, node_name=f"bench-serve-{os.getpid()}")
         time.sleep(0.5)  # discovery: spans written before the reader matched are not seen
+    load_start = host_load()
     print(f"benchmarking {args.base_url}{args.endpoint} model={model} dataset={args.dataset} "
           f"prompts={args.num_prompts} rate={args.request_rate} burstiness={args.burstiness} "
           f"max_concurrency={args.max_concurrency}", file=sys.stderr)
@@ -549,7 +576,9 @@ def run_cli(args) -> int:
               "output_lens": [o.output_tokens for o in outputs],
               "ttfts": [o.ttft for o in outputs], "itls": [o.itl for o in outputs],
               "e2els": [o.latency for o in outputs], "errors": [o.error for o in outputs],
-              "request_ids": [o.request_id for o in outputs]}
+              "request_ids": [o.request_id for o in outputs],
+              # What else the machine was doing: latency on shared cores depends on it.
+              "host": {"start": load_start, "end": host_load()}}
     if args.dataset == "random-image":
         result["image_size"], result["num_images"] = args.image_size, args.num_images
     if args.dataset == "random-audio":
@@ -559,8 +588,11 @@ def run_cli(args) -> int:
         from profiler.view import overhead_lines
 
         ids = [o.request_id for o in outputs if o.success and o.request_id]
+        from profiler.stats import overhead_breakdown
+
         report = overhead_report(spans, request_ids=ids)
         report["spans_received"] = len(spans)
+        report["overhead_by_place"] = overhead_breakdown(spans, request_ids=ids)
         result["pipeline_overhead"] = report
         print(overhead_lines(report))
         if not report["requests"]:

@@ -191,6 +191,12 @@ class ModelDecisionStage:
         self.prefix_queries = 0
         self.finished = 0
         self._upstream_failed: set[str] = set()   # cancelled because a perception stage failed
+        # Tracing (spans for `autoglm profile`): when each request arrived while it still waits
+        # for modalities, and when its prefill began (the first step that computed its rows).
+        self.tracer = ctx.tracer
+        self._admitting: dict[str, int] = {}      # request id -> arrival (monotonic ns)
+        self._prefilling: set[str] = set()        # admitted, no token yet
+        self._prefill_start: dict[str, int] = {}
         ctx.log(f"decoder from {self.model_dir} on {self.device} ({self.dtype}); KV cache "
                 f"{self.engine.blocks.usable_blocks} blocks of {self.engine_config.block_size} "
                 f"tokens; max_model_len {self.engine.max_model_len}")
@@ -200,6 +206,7 @@ class ModelDecisionStage:
         from control.messages import unpack_extra
 
         rid = req.request_id
+        t_arrival = time.monotonic_ns()
         self.ctx.begin(rid)
         try:
             extra = unpack_extra(req.extra)
@@ -213,9 +220,27 @@ class ModelDecisionStage:
             return
         self.produced[rid] = 0
         self.prefix_queries += len(ids)
+        self._prefilling.add(rid)
+        self._admitting[rid] = t_arrival
         for ev in self.early.pop(rid, []):
             self._provide(ev)
         self.early_at.pop(rid, None)
+        self._maybe_admitted(rid, len(modalities))
+
+    def _maybe_admitted(self, rid: str, n_modalities: int | None = None) -> None:
+        """decision.admission: arrival .. every declared modality present (at once for text)."""
+        from decision.engine import RequestStatus
+
+        t0 = self._admitting.get(rid)
+        if t0 is None:
+            return
+        r = self.engine.requests.get(rid)
+        if r is None or r.status is not RequestStatus.WAITING_FOR_MODALITIES:
+            del self._admitting[rid]
+            if r is not None:
+                self.tracer.emit("decision.admission", rid, t0,
+                                 modalities=len(r.modalities) if n_modalities is None
+                                 else n_modalities)
 
     def _prompt_ids(self, req, extra) -> list[int]:
         from runtime.compute import slot_ref
@@ -308,6 +333,7 @@ class ModelDecisionStage:
         pool = self.ctx.pool(ref.channel)
         try:
             key = json.loads(ev.detail or "{}").get("key") or ev.modality
+            t_read = time.monotonic_ns()
             emb = pool.read_torch(ref)
             try:
                 # provide_modality copies to the engine's device and dtype; on the CPU in the
@@ -315,7 +341,12 @@ class ModelDecisionStage:
                 t = emb.to(self.device, self.dtype, copy=True)
             finally:
                 pool.release(ref)
+            t_done = time.monotonic_ns()
             self.engine.provide_modality(rid, key, t)
+            # The hand-off ends here: the slot read (and copied to the engine's device), released.
+            self.tracer.emit("decision.embed_read", rid, t_read, t_done, key=key,
+                             bytes=int(ev.output.nbytes))
+            self._maybe_admitted(rid)
         except Exception as e:
             self.engine.cancel(rid)
             self._upstream_failed.add(rid)
@@ -359,6 +390,7 @@ class ModelDecisionStage:
         self._publish_stats()
 
     def _step(self) -> None:
+        t0 = time.monotonic_ns()
         try:
             records = self.engine.step()
         except Exception as e:  # an engine failure ends every request in it, not the stage
@@ -366,17 +398,27 @@ class ModelDecisionStage:
             traceback.print_exc()
             self._fail_all(f"decision: engine step failed: {type(e).__name__}: {e}")
             return
+        t1 = time.monotonic_ns()
+        if self._prefilling:
+            # A prefill begins with the first step that computed some of its rows (chunked
+            # prefill may take several steps before the first token).
+            for rid in self._prefilling.difference(self._prefill_start):
+                r = self.engine.requests.get(rid)
+                if r is None or r.num_computed > 0:
+                    self._prefill_start[rid] = t0
         if records:
-            self._write(records)
+            self._write(records, (t0, t1))
 
-    def _write(self, records) -> None:
+    def _write(self, records, step: tuple[int, int] | None = None) -> None:
+        """Token records of one step into the ring; ``step`` = the step's (start, end)
+        monotonic ns, for its spans."""
         from runtime.compute import request_key
         from runtime.records import (FINISH_CODES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS,
                                      MAX_TOP_LOGPROBS, TOKEN_RECORD)
 
         out = np.zeros(len(records), dtype=TOKEN_RECORD)
         now = time.monotonic_ns()
-        ends, firsts = [], []
+        ends, firsts, decoded, decoded_index = [], [], [], []
         for i, r in enumerate(records):
             rid = r.request_id
             n = self.produced.get(rid, 0)
@@ -391,6 +433,9 @@ class ModelDecisionStage:
                 self.produced[rid] = n + 1
                 if n == 0:
                     firsts.append(rid)
+                else:
+                    decoded.append(rid)
+                    decoded_index.append(n)
                 if r.logprob is not None:
                     flags |= FLAG_LOGPROBS
                     rec["logprob"] = r.logprob
@@ -405,12 +450,15 @@ class ModelDecisionStage:
                     reason = "cancelled"
                 flags |= FLAG_LAST | (FLAG_ERROR if reason == "error" else 0)
                 rec["finish"] = FINISH_CODES[reason]
-                ends.append((rid, reason, r.error))
+                ends.append((rid, reason, r.error, r.token_id >= 0))
             rec["flags"] = flags
         self._writer.write_many(out)
+        if step is not None and self.tracer.enabled:
+            self._trace_step(step, now, firsts, decoded, decoded_index, ends)
         for rid in firsts:
             self.ctx.emit("first_token", rid, n_tokens=1)
-        for rid, reason, error in ends:
+        for rid, reason, error, _ in ends:
+            self._forget_trace(rid)
             n = self.produced.pop(rid, 0)
             self.finished += 1
             if rid in self._upstream_failed:
@@ -422,6 +470,29 @@ class ModelDecisionStage:
                 self.ctx.finish(rid, "cancelled", n_tokens=n)
             else:
                 self.ctx.finish(rid, n_tokens=n, detail=reason)
+
+    def _trace_step(self, step, written_ns, firsts, decoded, decoded_index, ends) -> None:
+        """The spans of one engine step, written after its records reached the ring (the
+        gateway is never kept waiting on them): prefill of requests whose first token came,
+        first/last token marks at the records' write time, and one batched decision.token span
+        for every request this step decoded a token of (one write per step, any batch size)."""
+        t0, t1 = step
+        tr = self.tracer
+        for rid in firsts:
+            tr.emit("decision.prefill", rid, self._prefill_start.pop(rid, t0), t1)
+            tr.mark("decision.first_token", rid, written_ns)
+            self._prefilling.discard(rid)
+        if decoded:
+            tr.emit_batch("decision.token", decoded, t0, t1, index=decoded_index)
+        for rid, reason, _, with_token in ends:
+            if with_token:
+                tr.mark("decision.last_token", rid, written_ns, finish=reason,
+                        tokens=self.produced.get(rid, 0))
+
+    def _forget_trace(self, rid: str) -> None:
+        self._admitting.pop(rid, None)
+        self._prefilling.discard(rid)
+        self._prefill_start.pop(rid, None)
 
     def _fail_unadmitted(self, rid: str, detail: str) -> None:
         """A request the engine never took: an error record (so the gateway's stream ends)

@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -27,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .config import GatewayConfig
-from .errors import APIError, body_too_large, server_error, unauthorized
+from .errors import APIError, body_too_large, invalid, server_error, unauthorized
 from .generation import GenerationTotals, OutputDelta, generate
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openai_schema import SchemaLimits, parse_chat_request, parse_json_body
@@ -47,6 +48,54 @@ def _trace_prepare(client, request_id: str, t_arrival: float, t_prepare: float) 
     if tracer is not None:
         tracer.emit("gateway.receive", request_id, int(t_arrival * 1e9), int(t_prepare * 1e9))
         tracer.emit("gateway.media_decode", request_id, int(t_prepare * 1e9))
+
+
+class _Traced:
+    """An ASGI response that leaves gateway.response_sent once its last byte was handed to
+    the server (the whole JSON body, or the last SSE event), not when the handler returns."""
+
+    def __init__(self, response, tracer, request_id: str):
+        self.response, self.tracer, self.request_id = response, tracer, request_id
+
+    async def __call__(self, scope, receive, send) -> None:
+        state = {"last": 0, "done": False, "end": 0}
+
+        async def traced_send(message):
+            if message["type"] == "http.response.body":
+                if message.get("body") or not state["last"]:
+                    state["last"] = time.monotonic_ns()  # start of the last write with data
+                await send(message)
+                if not message.get("more_body"):
+                    state["done"], state["end"] = True, time.monotonic_ns()
+            else:
+                await send(message)
+
+        await self.response(scope, receive, traced_send)
+        if state["done"]:
+            # From the start of the last write (the last event or the whole body) to its end.
+            self.tracer.emit("gateway.response_sent", self.request_id, state["last"],
+                             state["end"], status=getattr(self.response, "status_code", 200))
+
+
+def _traced(response, client, request_id: str):
+    tracer = getattr(client, "tracer", None)
+    return response if tracer is None else _Traced(response, tracer, request_id)
+
+
+# X-Request-Id (as vLLM reads it): the client names its request, so it can find the request's
+# trace spans (`autoglm profile --request ID`) and logs. The id travels in shm records and DDS
+# keys, hence the small alphabet.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _client_request_id(request: Request) -> str | None:
+    value = request.headers.get("x-request-id")
+    if value is None:
+        return None
+    if not _REQUEST_ID_RE.fullmatch(value):
+        raise invalid("X-Request-Id must be 1-128 characters of A-Z a-z 0-9 . _ : -, got "
+                      f"{value[:140]!r}", param="X-Request-Id")
+    return value
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -95,8 +144,9 @@ class Gateway:
         try:
             body = parse_json_body(await self._read_body(request))
             chat = parse_chat_request(body, self.limits)
+            request_id = _client_request_id(request)
             t0 = time.monotonic()
-            prepared = await run_in_threadpool(self.preparer.prepare, chat)
+            prepared = await run_in_threadpool(self.preparer.prepare, chat, request_id)
             self.metrics.observe_stage("gateway_prepare", time.monotonic() - t0)
         except APIError as err:
             return error_response(err)
@@ -111,7 +161,8 @@ class Gateway:
             hit = self.cache.get(key)
             self.metrics.cache_lookup(hit is not None)
             if hit is not None:
-                return self._from_cache(chat, completion_id, hit)
+                return _traced(self._from_cache(chat, completion_id, hit), self.client,
+                               completion_id)
 
         totals = GenerationTotals()
         deltas = self._tracked(generate(self.client, req, self._decode, options, totals),
@@ -119,12 +170,15 @@ class Gateway:
         want_lp = chat.logprobs
         if chat.stream:
             builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
-            return SSEResponse(self._sse(builder, deltas, totals, want_lp, chat.top_logprobs))
+            return _traced(SSEResponse(self._sse(builder, deltas, totals, want_lp,
+                                                 chat.top_logprobs, completion_id)),
+                           self.client, completion_id)
         try:
             result = await _until_disconnect(request, self._collect(deltas, want_lp,
                                                                    chat.top_logprobs))
         except PipelineError as exc:
-            return error_response(server_error(str(exc), 503 if exc.retryable else 500))
+            return _traced(error_response(server_error(str(exc), 503 if exc.retryable else 500)),
+                           self.client, completion_id)
         if result is None:  # client gone; generation already cancelled
             return Response(status_code=499)
         content, reasoning, logprobs = result
@@ -133,9 +187,9 @@ class Gateway:
             self.cache.put(key, CachedResponse(content, reasoning, totals.finish_reason or "stop",
                                                totals.prompt_tokens, totals.completion_tokens,
                                                logprobs))
-        return JSONResponse(completion_body(
+        return _traced(JSONResponse(completion_body(
             completion_id, model, content, reasoning if chat.return_reasoning else None,
-            totals.finish_reason, usage, logprobs))
+            totals.finish_reason, usage, logprobs)), self.client, completion_id)
 
     async def _collect(self, deltas: AsyncIterator[OutputDelta], want_lp: bool, top_n: int):
         content, reasoning, lps = [], [], []
@@ -147,7 +201,9 @@ class Gateway:
         return "".join(content), "".join(reasoning), lp
 
     async def _sse(self, builder: ChunkBuilder, deltas: AsyncIterator[OutputDelta],
-                   totals: GenerationTotals, want_lp: bool, top_n: int) -> AsyncIterator[bytes]:
+                   totals: GenerationTotals, want_lp: bool, top_n: int,
+                   request_id: str = "") -> AsyncIterator[bytes]:
+        tracer = getattr(self.client, "tracer", None)
         yield builder.first()
         try:
             async for d in deltas:
@@ -155,7 +211,10 @@ class Gateway:
                     want_lp and d.logprobs) else None
                 chunk = builder.delta(d.content, d.reasoning, d.finish_reason, lp)
                 if chunk is not None:
-                    yield chunk
+                    yield chunk  # resumes once the server took the chunk
+                    if tracer is not None:
+                        tracer.mark("gateway.first_chunk", request_id)
+                        tracer = None
         except PipelineError as exc:
             yield builder.error(str(exc))
             yield DONE

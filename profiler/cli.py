@@ -36,7 +36,14 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the final tables as JSON")
     p.add_argument("--measure-cost", nargs="?", const=5000, type=int, metavar="N",
                    help="measure span emission cost (N spans, default 5000) with and "
-                        "without a profiler attached, then exit")
+                        "without a profiler attached, then exit; with --instance and "
+                        "--base-url also the decode speed of that live pipeline with its "
+                        "spans off and on (alternated rounds)")
+    p.add_argument("--base-url", default=None,
+                   help="--measure-cost --instance: the pipeline's HTTP API root, e.g. "
+                        "http://127.0.0.1:8000")
+    p.add_argument("--cost-rounds", type=int, default=3,
+                   help="--measure-cost --instance: off/on round pairs (default: %(default)s)")
     p.set_defaults(func=_run)
 
 
@@ -58,7 +65,26 @@ def _run(args) -> int:
         if args.measure_cost < 10:
             raise SystemExit("autoglm profile: --measure-cost needs at least 10 spans")
         cost = measure_emission_cost(args.measure_cost)
-        print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
+        if args.instance:
+            from .cost import format_decode_cost, measure_decode_cost
+
+            if not args.base_url:
+                raise SystemExit("autoglm profile: --measure-cost --instance needs --base-url "
+                                 "(the pipeline's HTTP API, e.g. http://127.0.0.1:8000)")
+            if args.cost_rounds < 1:
+                raise SystemExit("autoglm profile: --cost-rounds must be at least 1")
+            try:
+                cost["decode_loop"] = measure_decode_cost(
+                    args.instance, args.base_url, rounds=args.cost_rounds,
+                    domain_id=args.domain_id)
+            except RuntimeError as e:
+                raise SystemExit(f"autoglm profile: {e}") from None
+        if args.json:
+            print(json.dumps(cost, indent=2))
+        else:
+            print(format_cost(cost))
+            if "decode_loop" in cost:
+                print(format_decode_cost(cost["decode_loop"]))
         return 0
     if not args.instance and not args.input:
         raise SystemExit("autoglm profile: give --instance NAME (live) or --input FILE "

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from .spans import Span
+from .spans import Span, spans_from_message
 
 
 class SpanCollector:
@@ -48,7 +48,7 @@ class SpanCollector:
                 if not msgs:
                     continue
                 rx = time.monotonic_ns()
-                spans = [Span.from_message(m, rx) for m in msgs]
+                spans = [s for m in msgs for s in spans_from_message(m, rx)]
                 with self._cond:
                     self._spans.extend(spans)
                     self._cond.notify_all()

@@ -90,3 +90,95 @@ def format_cost(c: dict) -> str:
             f"  profiler attached    : median {b['median_us']:.1f} us  p99 {b['p99_us']:.1f} us"
             f"  mean {b['mean_us']:.1f} us  (received {b['received_by_profiler']} of "
             f"{b['written_while_attached']} written)")
+
+
+# ------------------------------------------------------------------------------ on a live decode loop
+def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
+                settle_s: float = 1.0) -> None:
+    """Switch every stage's span emission on or off (config value ``trace.enabled``, applied
+    by the stage runtime between messages)."""
+    import json
+
+    from control import topics as t
+    from control.messages import ConfigValue
+    from control.plane import ControlPlane
+
+    from runtime.stage import TRACE_CONFIG
+
+    with ControlPlane(instance, f"trace-switch-{uuid.uuid4().hex[:6]}",
+                      domain_id=domain_id) as plane:
+        w = plane.writer(t.CONFIG)
+        w.wait_for_readers(1, timeout=5.0)
+        w.write(ConfigValue(name=TRACE_CONFIG, request_id=uuid.uuid4().hex[:12],
+                            value_json=json.dumps(bool(enabled))))
+        time.sleep(settle_s)  # transient-local: stages take it on their next pass
+
+
+def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concurrency: int = 4,
+                        max_tokens: int = 32, prompt_words: int = 16,
+                        domain_id: int | None = None) -> dict:
+    """Decode speed of a live pipeline with its spans off and on, alternated ``rounds``
+    times in ABBA order (off on, on off, ...) so drift in the machine's load hits both alike. Each
+    round sends ``concurrency`` streamed text requests at once; decode tokens/s of a request
+    = 1 / TPOT (its tokens after the first over the time after the first). Returns the
+    per-round figures and the median of each side."""
+    import asyncio
+
+    from benchmarks.serve import SampleRequest, _resolve_model, run_benchmark
+
+    if rounds < 1 or concurrency < 1 or max_tokens < 2:
+        raise ValueError("need rounds >= 1, concurrency >= 1 and max_tokens >= 2")
+    model = _resolve_model(base_url, None)
+    words = "open the settings page and tap on wifi then scroll down to about phone".split()
+    seq = 0
+
+    def round_(enabled: bool) -> dict:
+        nonlocal seq
+        set_tracing(instance, enabled, domain_id=domain_id)
+        samples = []
+        for _ in range(concurrency):
+            seq += 1  # distinct prompts: no prefix-cache free rides
+            text = f"{seq} " + " ".join(words[(seq + k) % len(words)] for k in range(prompt_words))
+            samples.append(SampleRequest([{"role": "user", "content": text}], prompt_words,
+                                         max_tokens))
+        outs, _ = asyncio.run(run_benchmark(base_url=base_url, endpoint="/v1/chat/completions",
+                                            model=model, api_key=None, samples=samples,
+                                            test_request=False, progress=False))
+        ok = [o for o in outs if o.success and o.output_tokens > 1]
+        if not ok:
+            raise RuntimeError(f"no request of the round produced 2+ tokens: "
+                               f"{[o.error for o in outs]}")
+        rates = [(o.output_tokens - 1) / (o.latency - o.ttft) for o in ok]
+        return {"tracing": enabled, "requests": len(ok),
+                "decode_tokens_per_s_per_request": float(np.median(rates)),
+                "output_tokens": int(sum(o.output_tokens for o in ok))}
+
+    results = []
+    try:
+        round_(True)  # warm-up (first requests allocate)
+        for i in range(rounds):
+            # ABBA order: a drift in load, or whatever a round leaves behind for the next,
+            # falls on both sides alike.
+            for enabled in ((False, True) if i % 2 == 0 else (True, False)):
+                results.append(round_(enabled))
+    finally:
+        set_tracing(instance, True, domain_id=domain_id, settle_s=0.2)
+    off = [r["decode_tokens_per_s_per_request"] for r in results if not r["tracing"]]
+    on = [r["decode_tokens_per_s_per_request"] for r in results if r["tracing"]]
+    m_off, m_on = float(np.median(off)), float(np.median(on))
+    return {"instance": instance, "concurrency": concurrency, "max_tokens": max_tokens,
+            "rounds": results, "median_tokens_per_s_spans_off": m_off,
+            "median_tokens_per_s_spans_on": m_on,
+            "slowdown_percent": 100.0 * (m_off - m_on) / m_off if m_off else 0.0}
+
+
+def format_decode_cost(c: dict) -> str:
+    lines = [f"decode loop of instance {c['instance']!r}, {c['concurrency']} requests at once, "
+             f"max_tokens {c['max_tokens']} (tokens/s per request, median of the round):"]
+    for r in c["rounds"]:
+        lines.append(f"  spans {'on ' if r['tracing'] else 'off'}  "
+                     f"{r['decode_tokens_per_s_per_request']:8.1f} tok/s")
+    lines.append(f"  median: spans off {c['median_tokens_per_s_spans_off']:.1f} tok/s, spans on "
+                 f"{c['median_tokens_per_s_spans_on']:.1f} tok/s "
+                 f"({c['slowdown_percent']:+.1f}% slower with spans)")
+    return "\n".join(lines)

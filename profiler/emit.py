@@ -6,6 +6,7 @@
         ...                                      # timed with time.monotonic_ns()
     t0 = time.monotonic_ns(); ...; tracer.emit("gateway.shm_write", rid, t0)   # end = now
     tracer.mark("decision.first_token", rid)     # an instant
+    tracer.emit_batch("decision.token", [r1, r2], t0, index=[5, 9])   # one write, two requests
 
 Every timestamp is ``time.monotonic_ns()``: one clock for all processes of the machine.
 The trace topic is best-effort keep-last (control.topics.TRACE), so writing never blocks a
@@ -19,6 +20,8 @@ import json
 import os
 import time
 from typing import Iterator
+
+from .spans import BATCH_KEY, BATCH_REQUEST_ID
 
 _now = time.monotonic_ns
 
@@ -63,6 +66,17 @@ class SpanEmitter:
             self.emitted += 1
         except Exception:  # a closed plane at shutdown: tracing must never fail the stage
             self.dropped += 1
+
+    def emit_batch(self, name: str, request_ids, start_ns: int, end_ns: int | None = None,
+                   **attrs) -> None:
+        """One span standing for the same interval of several requests (one decode step of a
+        batch): one write instead of one per request. List attributes as long as
+        ``request_ids`` are per request (``index=[...]``); the profiler expands the span into
+        one per request (profiler.spans.expand_batch)."""
+        if not self.enabled or not request_ids:
+            return
+        self.emit(name, BATCH_REQUEST_ID, start_ns, end_ns,
+                  **{BATCH_KEY: list(request_ids)}, **attrs)
 
     def mark(self, name: str, request_id: str, at_ns: int | None = None, **attrs) -> None:
         """An instant span (start == end)."""

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .spans import Span
+from .spans import Span, expand_batch
 
 FORMAT_KEY = "autoglm_trace"
 FORMAT_VERSION = 1
@@ -103,7 +103,7 @@ def read_recording(path: str | os.PathLike) -> tuple[dict, list[Span]]:
             if not line.strip():
                 continue
             try:
-                spans.append(Span.from_json_obj(json.loads(line)))
+                spans.extend(expand_batch(Span.from_json_obj(json.loads(line))))
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from None
     return header, spans

@@ -21,15 +21,17 @@ GATEWAY_RECEIVE = "gateway.receive"          # HTTP request read and validated
 GATEWAY_MEDIA_DECODE = "gateway.media_decode"  # images/audio decoded, prompt rendered + tokenised
 GATEWAY_SHM_WRITE = "gateway.shm_write"      # media + prompt ids written into shm slot pools
 GATEWAY_SUBMIT = "gateway.submit"            # request published on the request topic (mark)
+VISION_FRAME_READ = "vision.frame_read"      # resized frame copied out of its shm slot
 VISION_ENCODE = "vision.encode"              # image processor + vision tower + merger
 VISION_SHM_WRITE = "vision.shm_write"        # image embeddings written into the embeddings pool
 AUDIO_ENCODE = "audio.encode"                # log-mel + audio encoder + projection
 AUDIO_SHM_WRITE = "audio.shm_write"
 DECISION_EMBED_READ = "decision.embed_read"  # embeddings taken from shm (hand-off ends)
-DECISION_ADMISSION = "decision.admission"    # waiting for modalities + a batch slot
+DECISION_ADMISSION = "decision.admission"    # request arrival .. all its modalities present
 DECISION_PREFILL = "decision.prefill"
 DECISION_FIRST_TOKEN = "decision.first_token"  # mark
 DECISION_TOKEN = "decision.token"            # one decode step producing one output token
+#                                              (written batched, see BATCH_KEY)
 DECISION_LAST_TOKEN = "decision.last_token"  # mark
 GATEWAY_FIRST_CHUNK = "gateway.first_chunk"  # first content chunk handed to HTTP (mark)
 GATEWAY_RESPONSE_SENT = "gateway.response_sent"  # last byte of the response handed to HTTP
@@ -41,11 +43,24 @@ REQUEST_SPANS = (GATEWAY_RECEIVE, GATEWAY_MEDIA_DECODE, GATEWAY_SHM_WRITE, VISIO
 # Model compute: time spent here is the model's, everything else of a request's end-to-end
 # time is the pipeline's own overhead (queueing, hand-offs, serialisation, HTTP).
 COMPUTE_SPANS = frozenset({VISION_ENCODE, AUDIO_ENCODE, DECISION_PREFILL, DECISION_TOKEN})
+# Request preparation in the gateway (image/audio decoding, resizing, tokenising): not model
+# compute, and not hand-off or queueing either; the overhead report gives the overhead with
+# and without it.
+PREPROCESS_SPANS = frozenset({GATEWAY_MEDIA_DECODE})
 # Spans that move bulk data through shared memory (the hand-off budget applies to them).
-SHM_HANDOFF_SPANS = frozenset({GATEWAY_SHM_WRITE, VISION_SHM_WRITE, AUDIO_SHM_WRITE,
-                               DECISION_EMBED_READ})
+SHM_HANDOFF_SPANS = frozenset({GATEWAY_SHM_WRITE, VISION_FRAME_READ, VISION_SHM_WRITE,
+                               AUDIO_SHM_WRITE, DECISION_EMBED_READ})
 # Spans a request leaves many of: they form no hop between stages and are summarised.
 REPEATED_SPANS = frozenset({DECISION_TOKEN})
+
+
+# A batched span: one message standing for the same interval of several requests (one decode
+# step of the whole batch), so the decode loop writes one span per step, not one per request.
+# Its attrs carry BATCH_KEY = [request ids] and, optionally, list-valued attributes of the same
+# length (one value per request, e.g. "index"); expand_batch() makes the per-request spans the
+# statistics work on. Its own request_id is BATCH_REQUEST_ID.
+BATCH_KEY = "requests"
+BATCH_REQUEST_ID = "*"
 
 
 def stage_of(name: str) -> str:
@@ -113,3 +128,26 @@ class Span:
         return cls(request_id=msg.request_id, name=msg.name, source=msg.source,
                    pid=int(msg.pid), start_ns=int(msg.start_mono_ns),
                    end_ns=int(msg.end_mono_ns), attrs=attrs, rx_ns=rx_ns)
+
+
+def expand_batch(span: "Span") -> list["Span"]:
+    """The per-request spans a batched span stands for ([span] itself when it is not one).
+    List attributes as long as the batch are split per request; the others are shared, and
+    each part gets ``batch`` = the batch size."""
+    rids = span.attrs.get(BATCH_KEY) if span.attrs else None
+    if not isinstance(rids, list):
+        return [span]
+    n = len(rids)
+    per = {k: v for k, v in span.attrs.items()
+           if k != BATCH_KEY and isinstance(v, list) and len(v) == n}
+    shared = {k: v for k, v in span.attrs.items() if k != BATCH_KEY and k not in per}
+    return [Span(request_id=str(rid), name=span.name, source=span.source, pid=span.pid,
+                 start_ns=span.start_ns, end_ns=span.end_ns,
+                 attrs={**shared, **{k: v[i] for k, v in per.items()}, "batch": n},
+                 rx_ns=span.rx_ns)
+            for i, rid in enumerate(rids)]
+
+
+def spans_from_message(msg, rx_ns: int = 0) -> list["Span"]:
+    """The per-request spans of one TraceSpan message (a batched one expanded)."""
+    return expand_batch(Span.from_message(msg, rx_ns))

@@ -25,8 +25,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .spans import COMPUTE_SPANS, GATEWAY_RECEIVE, GATEWAY_RESPONSE_SENT, REPEATED_SPANS, \
-    SHM_HANDOFF_SPANS, Span
+from .spans import COMPUTE_SPANS, GATEWAY_RECEIVE, GATEWAY_RESPONSE_SENT, PREPROCESS_SPANS, \
+    REPEATED_SPANS, SHM_HANDOFF_SPANS, Span
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
 
@@ -87,7 +87,7 @@ def stage_table(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES) -> dict[
 # ------------------------------------------------------------------------------ hops
 def request_hops(spans: Sequence[Span]) -> list[tuple[str, int]]:
     """(hop name, gap ns) of one request's spans (see module doc)."""
-    flow = [s for s in spans if s.name not in REPEATED_SPANS]
+    flow = [s for s in spans if s.name not in REPEATED_SPANS and not _bookkeeping(s.name)]
     hops = []
     for b in flow:
         pred = None
@@ -139,10 +139,15 @@ class RequestTiming:
     compute_ns: int
     shm_handoff_ns: tuple  # durations of its shm hand-off spans
     complete: bool  # both gateway.receive and gateway.response_sent were seen
+    busy_ns: int = 0  # union of compute and preprocessing (media decode) intervals
 
     @property
     def overhead_ns(self) -> int:
         return self.e2e_ns - self.compute_ns
+
+    @property
+    def overhead_excl_preprocess_ns(self) -> int:
+        return self.e2e_ns - max(self.busy_ns, self.compute_ns)
 
 
 def request_timing(request_id: str, spans: Sequence[Span]) -> RequestTiming:
@@ -154,7 +159,9 @@ def request_timing(request_id: str, spans: Sequence[Span]) -> RequestTiming:
     end = max(s.end_ns for s in sent) if sent else max(s.end_ns for s in spans)
     compute = union_ns((s.start_ns, s.end_ns) for s in spans if s.name in COMPUTE_SPANS)
     handoffs = tuple(s.duration_ns for s in spans if s.name in SHM_HANDOFF_SPANS)
-    return RequestTiming(request_id, end - start, compute, handoffs, bool(recv and sent))
+    busy = union_ns((s.start_ns, s.end_ns) for s in spans
+                    if s.name in COMPUTE_SPANS or s.name in PREPROCESS_SPANS)
+    return RequestTiming(request_id, end - start, compute, handoffs, bool(recv and sent), busy)
 
 
 def overhead_report(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES,
@@ -171,6 +178,9 @@ def overhead_report(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES,
         "e2e": summarize_ns([t.e2e_ns for t in timings], percentiles).to_json_obj(),
         "compute": summarize_ns([t.compute_ns for t in timings], percentiles).to_json_obj(),
         "overhead": summarize_ns([t.overhead_ns for t in timings], percentiles).to_json_obj(),
+        # The same without the gateway's media decoding (PNG/WAV decode, resize, tokenise).
+        "overhead_excl_preprocess": summarize_ns(
+            [t.overhead_excl_preprocess_ns for t in timings], percentiles).to_json_obj(),
         "shm_handoff": summarize_ns(handoffs, percentiles).to_json_obj(),
         "shm_handoff_by_span": {name: s.to_json_obj() for name, s in stage_table(
             [s for r in ids for s in groups[r] if s.name in SHM_HANDOFF_SPANS],
@@ -193,3 +203,59 @@ def request_breakdown(spans: Sequence[Span]) -> list[dict]:
                      "attrs": s.attrs})
         last_end = s.end_ns if last_end is None else max(last_end, s.end_ns)
     return rows
+
+
+# ------------------------------------------------------------------------------ where overhead goes
+def _bookkeeping(name: str) -> bool:
+    """The stage runtime's own spans (a stage's hold of a request: "vision.done"), which
+    cover work already described by finer spans."""
+    return name.rsplit(".", 1)[-1] in ("done", "error", "cancelled")
+
+
+def overhead_segments(spans: Sequence[Span]) -> dict[str, int]:
+    """One request's overhead (its end-to-end time not covered by model compute), split by
+    where it was spent, in ns: ``"in X"`` inside a non-compute span X (media decode, an shm
+    write, admission wait), ``"A -> B"`` between spans (hand-offs between processes, the
+    gap between two decode steps, ...). The parts add up to ``request_timing().overhead_ns``."""
+    flow = sorted((s for s in spans if not _bookkeeping(s.name)),
+                  key=lambda s: (s.start_ns, s.end_ns))
+    if not flow:
+        return {}
+    t = request_timing(flow[0].request_id, flow)
+    recv = [s for s in flow if s.name == GATEWAY_RECEIVE]
+    sent = [s for s in flow if s.name == GATEWAY_RESPONSE_SENT]
+    lo = min(s.start_ns for s in recv) if recv else flow[0].start_ns
+    hi = max(s.end_ns for s in sent) if sent else max(s.end_ns for s in flow)
+    cuts = sorted({lo, hi, *(x for s in flow for x in (s.start_ns, s.end_ns) if lo <= x <= hi)})
+    compute = [s for s in flow if s.name in COMPUTE_SPANS]
+    other = [s for s in flow if s.name not in COMPUTE_SPANS and not s.instant]
+    out: dict[str, int] = defaultdict(int)
+    for a, b in zip(cuts, cuts[1:]):
+        if any(s.start_ns <= a and b <= s.end_ns for s in compute):
+            continue
+        inside = [s for s in other if s.start_ns <= a and b <= s.end_ns]
+        if inside:
+            label = "in " + max(inside, key=lambda s: s.start_ns).name
+        else:
+            before = max((s for s in flow if s.end_ns <= a), key=lambda s: s.end_ns, default=None)
+            after = min((s for s in flow if s.start_ns >= b), key=lambda s: s.start_ns,
+                        default=None)
+            label = f"{before.name if before else 'start'} -> {after.name if after else 'end'}"
+        out[label] += b - a
+    assert t.e2e_ns >= 0
+    return dict(out)
+
+
+def overhead_breakdown(spans: Iterable[Span], request_ids: Iterable[str] | None = None) -> dict:
+    """Mean overhead per request by where it went (ms), largest first, over the requests
+    with a complete receive..response_sent span pair."""
+    groups = by_request(spans)
+    ids = list(groups) if request_ids is None else [r for r in request_ids if r in groups]
+    done = [r for r in ids if r and request_timing(r, groups[r]).complete]
+    total: dict[str, int] = defaultdict(int)
+    for r in done:
+        for k, v in overhead_segments(groups[r]).items():
+            total[k] += v
+    n = max(1, len(done))
+    return {"requests": len(done),
+            "mean_ms": {k: v / n / 1e6 for k, v in sorted(total.items(), key=lambda kv: -kv[1])}}

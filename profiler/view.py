@@ -50,6 +50,10 @@ def overhead_lines(report: dict) -> str:
            f"  compute      p50 {c['p50_ms']:.3f} ms  p99 {c['p99_ms']:.3f} ms",
            f"  overhead     p50 {o['p50_ms']:.3f} ms  p99 {o['p99_ms']:.3f} ms  "
            f"mean {o['mean_ms']:.3f} ms"]
+    x = report.get("overhead_excl_preprocess")
+    if x is not None:
+        out.append(f"  without media decode p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms"
+                   f"  mean {x['mean_ms']:.3f} ms")
     if h["count"]:
         out.append(f"  shm hand-off p50 {h['p50_ms'] * 1e3:.1f} us  p99 {h['p99_ms'] * 1e3:.1f} us"
                    f"  ({h['count']} hand-offs)")

@@ -31,8 +31,10 @@ import traceback
 
 from .lifecycle import Lifecycle, State
 
+ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
 LOOP_WAIT_S = 0.01      # longest a message waits for the main loop when the stage is idle
 TERMINAL_EVENTS = ("done", "error", "cancelled")
+TRACE_CONFIG = "trace.enabled"   # config value (bool) switching every stage's spans on or off
 
 
 class StageContext:
@@ -50,6 +52,14 @@ class StageContext:
         self.config: dict = {}                # dynamic settings received so far
         self._pools: dict = {}
         self._rings: dict = {}
+
+    # --- tracing ------------------------------------------------------------------------
+    @property
+    def tracer(self):
+        """This process's profiler.emit.SpanEmitter over the runtime's trace writer: spans
+        (``tracer.emit/mark/span``) for `autoglm profile`. Switched off and on at run time by
+        the config value ``trace.enabled`` (or at start by AUTOGLM_TRACE=0)."""
+        return self._rt.tracer
 
     # --- data plane ---------------------------------------------------------------------
     def pool(self, name: str):
@@ -152,6 +162,8 @@ class StageRuntime:
         self.w_hb = self.plane.writer(t.HEARTBEAT)
         self.w_event = self.plane.writer(t.STAGE_EVENT)
         self.w_trace = self.plane.writer(t.TRACE_SPAN)
+        from profiler.emit import SpanEmitter
+        self.tracer = SpanEmitter(self.w_trace, enabled=os.environ.get(ENV_TRACE, "1") != "0")
         self.r_request = self.plane.reader(t.REQUEST)
         self.r_event = self.plane.reader(t.STAGE_EVENT)
         self.r_cancel = self.plane.reader(t.CANCEL)
@@ -213,6 +225,8 @@ class StageRuntime:
             self.ctx.log(f"config {cfg.name}: value is not JSON: {cfg.value_json!r}")
             return
         self.ctx.config[cfg.name] = value
+        if cfg.name == TRACE_CONFIG:
+            self.tracer.enabled = bool(value)
         fn = getattr(self.compute, "on_config", None)
         if fn is not None:
             fn(cfg.name, value)
@@ -236,15 +250,13 @@ class StageRuntime:
         self.w_event.write(StageEvent(request_id=rid, kind=kind, **fields))
 
     def finish(self, rid: str, kind: str, **fields) -> None:
-        from control.messages import TraceSpan
-
         with self._lock:
             start = self.in_flight.pop(rid, None)
             idle = not self.in_flight
         self.emit(kind, rid, **fields)
         if start is not None:
-            self.w_trace.write(TraceSpan(request_id=rid, name=f"{self.name}.{kind}", pid=self.pid,
-                                         start_mono_ns=start, end_mono_ns=time.monotonic_ns()))
+            # The stage's hold of the request (begin .. finish), e.g. "vision.done".
+            self.tracer.emit(f"{self.name}.{kind}", rid, start)
         if idle and self.lifecycle.state == State.BUSY:
             self.lifecycle.to(State.READY)
 

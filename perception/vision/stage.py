@@ -118,17 +118,22 @@ class ModelVisionStage:
             return  # no image: no work here
         rid = req.request_id
         self.ctx.begin(rid)
+        tracer = self.ctx.tracer
         for n, i in enumerate(at):
             ref = slot_ref(req.media[i])
             try:
                 frames = self.ctx.pool(ref.channel)
+                t0 = time.monotonic_ns()
                 try:
                     frame = np.array(frames.read(ref))  # own copy: the slot goes back at once
                 finally:
                     frames.release(ref)
+                t1 = time.monotonic_ns()
                 emb, grid = self.embed(frame)
+                t2 = time.monotonic_ns()
                 out = self.ctx.pool(self.out_channel).put(emb, readers=1,
                                                           timeout=self.put_timeout)
+                t3 = time.monotonic_ns()
             except Exception as e:  # the request fails, the stage lives on
                 for j in at[n + 1:]:  # give back the frames this request will never read
                     try:
@@ -141,6 +146,13 @@ class ModelVisionStage:
             self.ctx.emit("modality_ready", rid, modality=MODALITY,
                           output=shm_ref(out, nbytes), n_tokens=emb.shape[0],
                           grid_thw=list(grid), detail=json.dumps({"key": f"image{n}"}))
+            # Spans after the event, so the decision stage never waits on them; a failing
+            # image leaves none. Frame taken from shm, processor + tower + merger, embeddings
+            # written into shm.
+            tracer.emit("vision.frame_read", rid, t0, t1, image=n, bytes=frame.nbytes)
+            tracer.emit("vision.encode", rid, t1, t2, image=n, tokens=int(emb.shape[0]),
+                        grid=list(grid))
+            tracer.emit("vision.shm_write", rid, t2, t3, image=n, bytes=nbytes)
         self.ctx.finish(rid, n_tokens=len(at))
 
 
