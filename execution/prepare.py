@@ -2,12 +2,26 @@
 
 CPU-bound (image decoding and resizing a 1080x2400 screenshot takes tens of ms), so the app
 runs it in a worker thread, keeping the event loop free for the other streams.
+
+Audio, by the deployment's audio stage mode:
+- none (no audio stage in the model pipeline): clips are decoded and checked, nothing enters
+  the prompt;
+- "embed" (`AudioLayout`): each clip, resampled to 16 kHz here, stands in the prompt as
+  ``begin + token * n + end`` and travels with the generation request to the audio stage;
+- "transcribe" (`AudioTranscription`): after every part of the request is decoded (so bad
+  input is refused before the audio stage is bothered), the 16 kHz clips go to the audio stage
+  and the preparer waits for their transcripts (this worker thread blocks; the event loop
+  does not); each transcript replaces its audio part as a text part, and only then is the
+  prompt rendered and tokenised. The generation request carries no audio.
+Bad audio (undecodable, empty, non-finite samples, longer than `max_audio_seconds`, a rate
+outside 8-48 kHz) is an HTTP 400 naming the part; an audio stage that fails, dies or does not
+answer within the timeout is a 500/503 saying so (execution.shm_client.AudioStageError).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -15,13 +29,15 @@ from modelcore.prompt import PromptError, build_prompt
 from modelcore.tokenizer import END_THINK, SPECIAL_TOKEN_NAMES, THINK, GlmTokenizer
 
 from .config import PrepareConfig
-from .errors import APIError, invalid
+from .errors import APIError, invalid, server_error
 from .generation import OutputOptions
 from .media import audio_bytes, load_url_bytes
 from .openai_schema import AudioPart, ChatRequest, ImagePart, TextPart
-from .pipeline_client import PreparedAudio, PreparedImage, PreparedRequest, SamplingParams
+from .pipeline_client import (PipelineError, PreparedAudio, PreparedImage, PreparedRequest,
+                              SamplingParams)
 
 DETOKENIZER_CONTEXT = 4  # prompt ids decoded as context before the first generated id
+DEFAULT_MAX_AUDIO_SECONDS = 600.0  # = perception.audio.DEFAULT_MAX_SECONDS
 
 
 @dataclass(frozen=True)
@@ -74,19 +90,40 @@ class AudioLayout:
         return total
 
 
+@dataclass(frozen=True)
+class AudioTranscription:
+    """How audio enters the prompt when the audio stage transcribes (mode "transcribe").
+
+    `transcribe(request_id, clips, timeout_s)` returns one text per clip (float32 mono PCM at
+    `sample_rate`), raising PipelineError (an AudioStageError carries the HTTP status) when
+    the audio stage cannot; ShmPipelineClient.transcribe is the real one."""
+    transcribe: Callable[[str, Sequence[np.ndarray], float], list[str]]
+    timeout_s: float = 120.0
+    sample_rate: int = 16000
+
+
 class RequestPreparer:
     def __init__(self, tokenizer: GlmTokenizer, image_processor=None,
-                 config: PrepareConfig = PrepareConfig(), audio: AudioLayout | None = None):
+                 config: PrepareConfig = PrepareConfig(), audio: AudioLayout | None = None,
+                 transcription: AudioTranscription | None = None,
+                 max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS):
+        if audio is not None and transcription is not None:
+            raise ValueError("audio is either embedded (AudioLayout) or transcribed "
+                             "(AudioTranscription), not both")
         self.tok = tokenizer
         self.images = image_processor  # perception.vision.processor.ImageProcessor
         self.config = config
         self.audio = audio  # None: audio carries no placeholder (no embedding audio stage)
+        self.transcription = transcription  # set: audio becomes text before the prompt
+        self.max_audio_seconds = float(max_audio_seconds)
         self.skip_ids = frozenset(i for n, i in tokenizer.special.items()
                                   if n in SPECIAL_TOKEN_NAMES)
         self.close_reasoning_ids = tuple(tokenizer.encode(END_THINK))
 
     def prepare(self, req: ChatRequest, request_id: str | None = None) -> Prepared:
+        rid = request_id or f"chatcmpl-{uuid.uuid4().hex}"
         images, audios, messages = [], [], []
+        transcribed: list[tuple[dict, str]] = []  # (text part to fill, its audio part's param)
         for i, m in enumerate(req.messages):
             if isinstance(m.content, str):
                 messages.append({"role": m.role, "content": m.content})
@@ -105,7 +142,15 @@ class RequestPreparer:
                     if self.audio is not None:
                         a = self.audio
                         parts.append({"type": "text", "text": a.begin + a.token + a.end})
+                    elif self.transcription is not None:
+                        part = {"type": "text", "text": ""}  # the transcript, filled below
+                        transcribed.append((part, p.param))
+                        parts.append(part)
             messages.append({"role": m.role, "content": parts})
+        if transcribed:
+            for (part, _), text in zip(transcribed, self._transcribe(rid, audios, transcribed)):
+                part["text"] = text
+            audios = []  # the text is in the prompt; the generation request carries no audio
         try:
             prompt = build_prompt(self.tok, messages, [im.num_tokens for im in images],
                                   template=self.config.chat_template,
@@ -131,7 +176,6 @@ class RequestPreparer:
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty, logprobs=req.logprobs,
             top_logprobs=req.top_logprobs)
-        rid = request_id or f"chatcmpl-{uuid.uuid4().hex}"
         prepared = PreparedRequest(rid, tuple(prompt_ids), sampling, tuple(images), tuple(audios))
         options = OutputOptions(
             stop=req.stop, return_reasoning=req.return_reasoning,
@@ -168,9 +212,14 @@ class RequestPreparer:
 
         data = audio_bytes(part.data_b64, part.param)
         try:
-            pcm, rate = decode_audio(data)
+            pcm, rate = decode_audio(data, self.max_audio_seconds)
         except AudioInputError as exc:
             raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_audio") from None
+        if self.transcription is not None:
+            # The pcm pool holds 16 kHz clips (the audio stage's contract in both modes).
+            from perception.audio.resample import resample
+            sr = self.transcription.sample_rate
+            return PreparedAudio(resample(pcm, rate, sr), sr, 0)
         if self.audio is None:
             return PreparedAudio(pcm, rate, 0)
         from perception.audio.resample import resample
@@ -180,6 +229,25 @@ class RequestPreparer:
             raise invalid(f"{part.param}: audio is too short", param=part.param,
                           code="invalid_audio")
         return PreparedAudio(pcm16, self.audio.sample_rate, n)
+
+    def _transcribe(self, rid: str, audios: list[PreparedAudio],
+                    parts: list[tuple[dict, str]]) -> list[str]:
+        t = self.transcription
+        try:
+            texts = t.transcribe(rid, [a.pcm for a in audios], t.timeout_s)
+        except PipelineError as exc:
+            status = getattr(exc, "status", 503 if exc.retryable else 500)
+            clip = getattr(exc, "clip", None)
+            if status == 400:  # the audio stage found the audio itself unusable
+                param = parts[clip][1] if clip is not None and 0 <= clip < len(parts) \
+                    else "messages"
+                raise invalid(f"{param}: the audio could not be transcribed: {exc}",
+                              param=param, code="invalid_audio") from None
+            raise server_error(f"Audio transcription failed: {exc}", status) from None
+        if len(texts) != len(audios):
+            raise server_error(f"Audio transcription failed: {len(texts)} transcripts for "
+                               f"{len(audios)} audio clips")
+        return texts
 
 
 def _expand_audio(ids: list[int], token_id: int, counts: list[int]) -> list[int]:

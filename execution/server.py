@@ -13,14 +13,17 @@ from .config import GatewayConfig
 
 def build_gateway_app(model_dir: str | Path | None, instance: str,
                       config: GatewayConfig = GatewayConfig(), *, client=None,
-                      audio_mode: str | None = None):
+                      audio_mode: str | None = None, audio_params: dict | None = None):
     """`audio_mode`: the audio stage's mode in this deployment ("embed": audio placeholders
-    go into the prompt, see prepare.AudioLayout); None: no placeholders."""
+    go into the prompt, see prepare.AudioLayout; "transcribe": the audio stage's transcript
+    does, see prepare.AudioTranscription); None: neither. `audio_params`: the audio stage's
+    params (max_seconds, transcribe_timeout_s are read here)."""
     from modelcore.tokenizer import GlmTokenizer
     from perception.vision.processor import ImageProcessor
 
     from .app import build_app
-    from .prepare import AudioLayout, RequestPreparer
+    from .prepare import (DEFAULT_MAX_AUDIO_SECONDS, AudioLayout, AudioTranscription,
+                          RequestPreparer)
     from .shm_client import ShmPipelineClient
 
     if not model_dir:
@@ -29,8 +32,15 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
     tok = GlmTokenizer.from_dir(model_dir)
     images = ImageProcessor.from_dir(model_dir)
     client = client or ShmPipelineClient(instance)
+    audio_params = dict(audio_params or {})
     audio = AudioLayout.from_dir(model_dir, tok) if audio_mode == "embed" else None
-    return build_app(config, client, RequestPreparer(tok, images, config.prepare, audio))
+    transcription = None
+    if audio_mode == "transcribe":
+        transcription = AudioTranscription(
+            client.transcribe, float(audio_params.get("transcribe_timeout_s", 120.0)))
+    max_s = float(audio_params.get("max_seconds", DEFAULT_MAX_AUDIO_SECONDS))
+    return build_app(config, client, RequestPreparer(tok, images, config.prepare, audio,
+                                                     transcription, max_s))
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

@@ -20,6 +20,18 @@ stand-in stage) get it inferred: a stop token -> "stop", max_tokens reached -> "
 Records with FLAG_LOGPROBS carry the token's logprob and its top alternatives. A record
 with token_id -1 ends a request without a token (cancelled, error).
 
+Transcribe-mode audio (`transcribe`, called by the RequestPreparer from its worker thread
+before the prompt is rendered): each clip's float32 mono 16 kHz PCM goes into the `pcm` pool
+(readers=1; the audio stage releases it) and a StageEvent of kind "transcribe" (request_id =
+the generation request's id, output = the PCM ref, n_tokens = clip index, detail JSON
+{"clip": n, "sample_rate": 16000}) asks the audio stage for its text; the stage's `done`
+event for that id (detail JSON {"clip": n, "text": ...}) resolves the clip, an `error` event
+(from the stage, or from the supervisor when the stage died: code 503) fails every clip of
+the request with an `AudioStageError` (status 400 when the audio was unusable, else 500/503),
+and no answer within the timeout is an `AudioStageError` with status 503. The contract's
+other side is perception/audio/stage.py. The generation request sent afterwards carries no
+audio.
+
 Also in ``extra``: the image grids (``image_grids``, [t, h, w] per image, which the decision
 stage needs for M-RoPE before the vision stage has run) and the audio placeholder counts
 (``audio_tokens``). Engine load for /metrics is read from the `engine_stats` ring when the
@@ -28,6 +40,8 @@ instance has one (the newest record wins).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import os
 import time
 from collections import defaultdict, deque
@@ -41,6 +55,19 @@ from .pipeline_client import (PipelineError, PipelineHealth, PipelineStats, Prep
 EVENT_QUEUE_END = object()
 STAGE_LATENCY_WINDOW = 4096
 ERROR_DETAIL_WAIT_S = 0.5
+TRANSCRIBE_KIND = "transcribe"   # = perception.audio.stage.TRANSCRIBE_KIND (kept import-free)
+PCM_SAMPLE_RATE = 16000          # the pcm pool's contract
+
+
+class AudioStageError(PipelineError):
+    """The audio stage did not give a transcript: `status` is the HTTP status the gateway
+    answers with (400: the audio is unusable; 500: the stage failed; 503: it died, is not
+    ready or did not answer in time); `clip` is the clip's index when known."""
+
+    def __init__(self, message: str, status: int, clip: int | None = None):
+        super().__init__(message, retryable=status == 503)
+        self.status = status
+        self.clip = clip
 
 
 class ShmPipelineClient:
@@ -65,6 +92,8 @@ class ShmPipelineClient:
         self.lost_records = 0
         self._stats_reader = None
         self._engine_stats = None  # newest ENGINE_STATS_RECORD
+        # request id -> one future per clip, resolved by the event pump (transcribe mode)
+        self._transcripts: dict[str, list[concurrent.futures.Future]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -78,6 +107,9 @@ class ShmPipelineClient:
         self._plane = ControlPlane(self.instance, self.node_name)
         self._w_request = self._plane.writer(t.REQUEST)
         self._w_cancel = self._plane.writer(t.CANCEL)
+        # Created now, not on first use: the event topic is volatile, so the audio stage must
+        # have discovered this writer before the first transcribe event is written.
+        self._w_event = self._plane.writer(t.STAGE_EVENT)
         self.tracer = SpanEmitter(self._plane)  # trace spans for `autoglm profile`
         self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
         self._state_reader = self._plane.reader(t.STAGE_STATE)
@@ -262,6 +294,8 @@ class ShmPipelineClient:
 
     async def _pump_events(self) -> None:
         async for ev in self._events:
+            if ev.request_id in self._transcripts:
+                self._route_transcript(ev)
             stage_key = (ev.request_id, ev.source)
             if ev.kind == "started":
                 self._started_at[stage_key] = int(ev.t_mono_ns)
@@ -274,6 +308,75 @@ class ShmPipelineClient:
                 if key is not None and key in self._queues:
                     self._queues[key].put_nowait(
                         PipelineError(f"stage {ev.source} failed the request: {ev.detail}"))
+
+    # --- transcribe-mode audio ------------------------------------------------------------
+    def transcribe(self, request_id: str, clips, timeout: float) -> list[str]:
+        """The audio stage's transcript of each clip (float32 mono 16 kHz PCM), in order.
+
+        Blocking: called from a worker thread (the preparer's), never on the event loop,
+        whose pump resolves the answers. Raises AudioStageError (see the module docstring)."""
+        from control.messages import StageEvent
+        from runtime.compute import shm_ref
+
+        if self._plane is None:
+            raise AudioStageError("the gateway is not connected to the pipeline", 503)
+        down = self._stages_down()
+        if down:
+            raise AudioStageError(f"the pipeline is not ready: {down}", 503)
+        t0 = time.monotonic_ns()
+        futures = [concurrent.futures.Future() for _ in clips]
+        self._transcripts[request_id] = futures
+        try:
+            for n, clip in enumerate(clips):
+                pcm = np.ascontiguousarray(clip, dtype=np.float32)
+                try:
+                    ref = self._pool(self.channels["pcm"]).put(pcm, readers=1,
+                                                              timeout=self.put_timeout)
+                except Exception as exc:  # pool full past the timeout, clip over slot_bytes
+                    raise AudioStageError(f"the pipeline cannot take audio clip {n} now: {exc}",
+                                          503, n) from exc
+                self._w_event.write(StageEvent(
+                    request_id=request_id, kind=TRANSCRIBE_KIND, modality="audio",
+                    output=shm_ref(ref, pcm.nbytes), n_tokens=n,
+                    detail=json.dumps({"clip": n, "sample_rate": PCM_SAMPLE_RATE})))
+            deadline = time.monotonic() + timeout
+            texts = []
+            for n, fut in enumerate(futures):
+                try:
+                    texts.append(fut.result(max(0.0, deadline - time.monotonic())))
+                except concurrent.futures.TimeoutError:
+                    raise AudioStageError(f"the audio stage did not transcribe audio clip {n} "
+                                          f"within {timeout:g} s", 503, n) from None
+        finally:
+            self._transcripts.pop(request_id, None)
+        tracer = getattr(self, "tracer", None)
+        if tracer is not None:
+            tracer.emit("gateway.audio_transcribe", request_id, t0, clips=len(texts))
+        return texts
+
+    def _route_transcript(self, ev) -> None:
+        """A done/error event for a request waiting for its transcript (event loop thread:
+        the only one that completes these futures)."""
+        futures = self._transcripts.get(ev.request_id) or []
+        if ev.kind == "done":
+            try:
+                info = json.loads(ev.detail)
+                n, text = int(info["clip"]), str(info["text"])
+            except (ValueError, TypeError, KeyError):
+                return  # some other stage's done event for this id
+            if 0 <= n < len(futures) and not futures[n].done():
+                futures[n].set_result(text)
+        elif ev.kind == "error":
+            status = {400: 400, 503: 503}.get(int(ev.code), 500)
+            clip = None
+            if ev.detail.startswith("audio: clip "):
+                head = ev.detail[len("audio: clip "):].split(":", 1)[0]
+                clip = int(head) if head.isdigit() else None
+            err = AudioStageError(f"stage {ev.source} failed the request: {ev.detail}",
+                                  status, clip)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(err)
 
     # --- health and stats ---------------------------------------------------------------
     def _stages_down(self) -> str:

@@ -107,11 +107,13 @@ class HttpGatewayStage:
             prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir),
                                   content_format=str(p.get("content_format", "openai")),
                                   allowed_media_dir=Path(media) if media else None))
-        audio_mode = None
+        audio_mode, audio_params = None, None
         for st in ctx.launch.stages.values():
             if st.module == "perception.audio.stage" and st.params.get("compute") == "model":
                 audio_mode = str(st.params.get("mode", "embed"))
-        self.app = build_gateway_app(model_dir, ctx.instance, config, audio_mode=audio_mode)
+                audio_params = dict(st.params)
+        self.app = build_gateway_app(model_dir, ctx.instance, config, audio_mode=audio_mode,
+                                     audio_params=audio_params)
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=host, port=port, log_level=str(p.get("log_level", "warning")),
             lifespan="on", timeout_graceful_shutdown=2))
