@@ -10,7 +10,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("node", help="stages of a running pipeline: state, pid, cores, heartbeat",
                               description="Joins the instance's DDS domain as a passive reader.")
     sub = p.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
-    ls = sub.add_parser("list", help="every stage: name, pid, state, cores, heartbeat age, restarts, CPU%, RSS")
+    ls = sub.add_parser("list", help="every stage: name, pid, state, cores, heartbeat age, restarts, CPU%%, RSS")
     info = sub.add_parser("info", help="one stage in detail, with its topics")
     info.add_argument("name", help="stage name")
     for q in (ls, info):
