@@ -567,7 +567,10 @@ def run_cli(args) -> int:
     errors = [o.error for o in outputs if not o.success]
     if errors:
         print(f"first error: {errors[0]}", file=sys.stderr)
-    result = {"date": time.strftime("%Y%m%d-%H%M%S"), "base_url": args.base_url, "model": model,
+    result = {"date": time.strftime("%Y%m%d-%H%M%S"),
+              "command": "autoglm bench serve " + " ".join(sys.argv[sys.argv.index("serve") + 1:]
+                                                       if "serve" in sys.argv else []),
+              "base_url": args.base_url, "model": model,
               "dataset": args.dataset, "num_prompts": args.num_prompts,
               "random_input_len": args.random_input_len, "random_output_len": args.random_output_len,
               "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
@@ -587,9 +590,9 @@ def run_cli(args) -> int:
         from profiler.stats import overhead_report
         from profiler.view import overhead_lines
 
-        ids = [o.request_id for o in outputs if o.success and o.request_id]
         from profiler.stats import overhead_breakdown
 
+        ids = [o.request_id for o in outputs if o.success and o.request_id]
         report = overhead_report(spans, request_ids=ids)
         report["spans_received"] = len(spans)
         report["overhead_by_place"] = overhead_breakdown(spans, request_ids=ids)

@@ -31,6 +31,7 @@ _EXPORTS = {
     "ControlPlane": "control.plane",
     "ControlPlaneError": "control.plane",
     "Reader": "control.plane",
+    "ReaderSet": "control.plane",
     "Writer": "control.plane",
     "Heartbeater": "control.heartbeat",
     "AsyncReader": "control.aio",

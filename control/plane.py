@@ -320,6 +320,34 @@ class Reader(Generic[T]):
     _wake = wake
 
 
+class ReaderSet:
+    """Sleeps until any of several readers of one plane holds a message: one WaitSet over a
+    read condition per reader. An idle stage blocks here instead of sleeping a fixed slice,
+    so a request or event is handled within microseconds of its arrival."""
+
+    def __init__(self, plane: ControlPlane, readers: list[Reader]) -> None:
+        self.plane = plane
+        self.readers = list(readers)
+        self._waitset = WaitSet(plane._participant)
+        for r in self.readers:
+            if r.plane is not plane:
+                raise ControlPlaneError(f"reader of {r.spec.name} belongs to another plane")
+            self._waitset.attach(ReadCondition(
+                r._dr, SampleState.Any | ViewState.Any | InstanceState.Any))
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as some reader has a message, False after ``timeout`` s without."""
+        self.plane._check_usable()
+        if any(r._pending for r in self.readers):  # taken from DDS, not handed out yet
+            return True
+        try:
+            return self._waitset.wait(max(1, int(timeout * 1e9))) > 0
+        except DDSException:
+            if self.plane.closed:  # closed by another thread while we waited
+                return False
+            raise
+
+
 def _poll(predicate, timeout: float, interval: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while True:

@@ -386,7 +386,7 @@ class ModelDecisionStage:
         if self._schedulable():
             self._step()
         elif timeout > 0:
-            time.sleep(timeout)   # idle: the runtime's DDS wait slice
+            self.ctx.wait_for_messages(timeout)   # idle: until a request or an embedding comes
         self._publish_stats()
 
     def _step(self) -> None:

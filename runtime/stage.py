@@ -9,7 +9,9 @@
    the stage module's `make_stage(ctx)`, announces `ready`;
 3. hands every request, event, cancel and config value to the compute (methods `on_request`,
    `on_event`, `on_cancel`, `on_config`, all optional) and calls its `poll(timeout)` (optional:
-   for stages that wait on a doorbell) in between;
+   for stages that wait on a doorbell or step an engine) in between; an idle stage sleeps in
+   one DDS WaitSet over all its readers (`ctx.wait_for_messages`), so a message is handled
+   as soon as it arrives, not at the end of a polling slice;
 4. on SIGTERM / SIGINT / a `shutdown` lifecycle command: `stopping`, compute.close(), `dead`,
    exit 0.
 
@@ -32,7 +34,7 @@ import traceback
 from .lifecycle import Lifecycle, State
 
 ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
-LOOP_WAIT_S = 0.01      # longest a message waits for the main loop when the stage is idle
+LOOP_WAIT_S = 0.01      # longest idle wait in one piece (signals are handled between pieces)
 TERMINAL_EVENTS = ("done", "error", "cancelled")
 TRACE_CONFIG = "trace.enabled"   # config value (bool) switching every stage's spans on or off
 
@@ -76,6 +78,12 @@ class StageContext:
             from shm.ring import Ring
             r = self._rings[name] = Ring.attach(self.instance, name)
         return r
+
+    # --- control plane -----------------------------------------------------------------
+    def wait_for_messages(self, timeout: float) -> bool:
+        """Sleep until a request, event, cancel, config value or command arrives for this
+        stage, or `timeout` s pass; True if one arrived (the runtime hands it out next)."""
+        return self._rt.inbox.wait(timeout)
 
     # --- request bookkeeping ------------------------------------------------------------
     def begin(self, request_id: str) -> None:
@@ -155,7 +163,7 @@ class StageRuntime:
 
     def _open_control_plane(self) -> None:
         from control import topics as t
-        from control.plane import ControlPlane
+        from control.plane import ControlPlane, ReaderSet
 
         self.plane = ControlPlane(self.instance, self.name)
         self.w_state = self.plane.writer(t.STAGE_STATE)
@@ -169,6 +177,8 @@ class StageRuntime:
         self.r_cancel = self.plane.reader(t.CANCEL)
         self.r_config = self.plane.reader(t.CONFIG)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
+        self.inbox = ReaderSet(self.plane, [self.r_request, self.r_event, self.r_cancel,
+                                            self.r_config, self.r_command])
 
     # --- main loop ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -180,9 +190,7 @@ class StageRuntime:
             if poll is not None:
                 poll(0 if got else LOOP_WAIT_S)
             elif not got:
-                # Block on the busiest topic; the others are taken on the next pass.
-                for req in self.r_request.take(timeout=LOOP_WAIT_S):
-                    self._call("on_request", req)
+                self.inbox.wait(LOOP_WAIT_S)
 
     def _dispatch(self) -> int:
         n = 0

@@ -22,7 +22,7 @@ from control.aio import AsyncReader
 from control.ddsconfig import domain_xml
 from control.echo import echo, format_record
 from control.naming import DOMAIN_ID_MAX, DOMAIN_ID_MIN, domain_id_for, partition_for
-from control.plane import ControlPlane, ControlPlaneError
+from control.plane import ControlPlane, ControlPlaneError, ReaderSet
 
 
 def unique_instance(tag: str) -> str:
@@ -167,6 +167,26 @@ def test_blocked_take_returns_when_plane_closes():
     plane.close()
     th.join(timeout=5)
     assert not th.is_alive() and out == [[]]
+
+
+def test_reader_set_wakes_on_any_of_its_readers():
+    with ControlPlane(unique_instance("rset"), "node") as plane, \
+            ControlPlane(plane.instance, "other") as other:
+        readers = [plane.reader(t.REQUEST), plane.reader(t.CANCEL)]
+        inbox = ReaderSet(plane, readers)
+        w_cancel = other.writer(t.CANCEL)
+        assert readers[1].wait_for_writers(1, timeout=10)
+        assert inbox.wait(0.05) is False  # nothing there: the timeout ends it
+        woke = []
+        th = threading.Thread(target=lambda: woke.append(inbox.wait(60.0)))
+        th.start()
+        time.sleep(0.2)
+        w_cancel.write(m.Cancel(request_id="c1"))  # on the second reader
+        th.join(timeout=30)  # far below the 60 s wait: the message woke it
+        assert not th.is_alive() and woke == [True]
+        assert [c.request_id for c in readers[1].take(timeout=1.0)] == ["c1"]
+        with pytest.raises(ControlPlaneError, match="another plane"):
+            ReaderSet(plane, [other.reader(t.REQUEST)])
 
 
 def test_async_reader_delivers_in_order_without_blocking_the_loop():
