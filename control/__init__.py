@@ -15,7 +15,6 @@ Modules:
     messages    IDL message types, string enums, to_dict
     topics      THE table: every topic, its type and its QoS
     plane       ControlPlane, Writer, Reader
-    heartbeat   Heartbeater (1 s heartbeats + stage state)
     aio         AsyncReader for asyncio code
     discovery   passive listing of nodes/topics with publisher/subscriber counts
     echo        read any topic as dicts
@@ -33,7 +32,6 @@ _EXPORTS = {
     "Reader": "control.plane",
     "ReaderSet": "control.plane",
     "Writer": "control.plane",
-    "Heartbeater": "control.heartbeat",
     "AsyncReader": "control.aio",
     "Discovery": "control.discovery",
     "list_topics": "control.discovery",

@@ -32,16 +32,15 @@ from cyclonedds.idl.types import float32, int16, int32, int64, sequence, uint8, 
 
 
 class StageStates:
-    """Values of ``StageState.state`` and ``Heartbeat.state``."""
+    """Values of ``StageState.state`` and ``Heartbeat.state``: a stage's lifecycle
+    (runtime.lifecycle.State enforces its transitions)."""
 
     STARTING = "starting"  # process up, loading weights / allocating
     READY = "ready"  # idle, accepting work
     BUSY = "busy"  # working on at least one request
-    PAUSED = "paused"  # told to pause; keeps its state, accepts no new work
-    DRAINING = "draining"  # finishing in-flight work before stopping
-    STOPPED = "stopped"  # clean exit announced
-    ERROR = "error"  # failed; ``detail`` says why
-    ALL = (STARTING, READY, BUSY, PAUSED, DRAINING, STOPPED, ERROR)
+    STOPPING = "stopping"  # shutting down: no new work
+    DEAD = "dead"  # exited, or declared dead by the supervisor; ``detail`` says why
+    ALL = (STARTING, READY, BUSY, STOPPING, DEAD)
 
 
 class LifecycleCommands:

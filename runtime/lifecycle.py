@@ -7,13 +7,15 @@ from __future__ import annotations
 import enum
 import threading
 
+from control.messages import StageStates
+
 
 class State(str, enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    BUSY = "busy"
-    STOPPING = "stopping"
-    DEAD = "dead"
+    STARTING = StageStates.STARTING
+    READY = StageStates.READY
+    BUSY = StageStates.BUSY
+    STOPPING = StageStates.STOPPING
+    DEAD = StageStates.DEAD
 
 
 _ALLOWED = {

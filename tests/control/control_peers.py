@@ -6,12 +6,12 @@ both a child of the test process and a process that shares nothing with it.
 """
 from __future__ import annotations
 
+import select
 import sys
 import time
 
 from control import messages as m
 from control import topics as t
-from control.heartbeat import Heartbeater
 from control.plane import ControlPlane
 
 
@@ -36,7 +36,7 @@ def exchange(instance: str, n: int, results) -> None:
 
 
 def status_peer(instance: str) -> None:
-    """Independent process: heartbeats at 1 Hz, two config writes, state 'ready'.
+    """Independent process: two config writes, state 'ready', heartbeats every 0.2 s.
 
     Prints 'ready <pid>' once everything is published, then serves (transient-local data
     lives in this writer) until stdin closes.
@@ -48,10 +48,15 @@ def status_peer(instance: str) -> None:
         config.write(m.ConfigValue(name="max_batch", value_json="8"))
         config.write(m.ConfigValue(name="max_batch", value_json="16"))
         config.write(m.ConfigValue(name="log_level", value_json='"info"'))
-        with Heartbeater(plane, stage="vision", cores=[2, 3]) as hb:
-            hb.set_state(m.StageStates.READY)
-            print(f"ready {os.getpid()}", flush=True)
-            sys.stdin.read()  # until the test closes our stdin
+        plane.writer(t.STAGE_STATE).write(m.StageState(
+            stage="vision", state=m.StageStates.READY, pid=os.getpid(), cores=[2, 3]))
+        beats = plane.writer(t.HEARTBEAT)
+        print(f"ready {os.getpid()}", flush=True)
+        seq = 0
+        while not select.select([sys.stdin], [], [], 0.2)[0]:  # until the test closes stdin
+            seq += 1
+            beats.write(m.Heartbeat(stage="vision", seq=seq, pid=os.getpid(),
+                                    state=m.StageStates.READY))
 
 
 def flood_peer(instance: str, domain_id: int, seconds: float) -> None:
