@@ -23,7 +23,8 @@ class Launcher:
         self.spec_path = spec_path
         self.instance = instance
         self.out = out or sys.stdout
-        self._stop = threading.Event()
+        self._stop = threading.Event()   # request_stop(), from any thread
+        self._signalled = False          # set by the signal handler only
         self.supervisor = None
         self.shm = None
 
@@ -33,6 +34,11 @@ class Launcher:
     def request_stop(self, *_args) -> None:
         self._stop.set()
 
+    def _on_signal(self, *_args) -> None:
+        # Only a flag: a handler that takes the Event's lock can deadlock against the main
+        # thread interrupted inside wait() (a second Ctrl-C). Seen within one STEP_S.
+        self._signalled = True
+
     def run(self, *, install_signals: bool = True, ready_file: str | None = None) -> int:
         from control.naming import domain_id_for
 
@@ -40,9 +46,8 @@ class Launcher:
         from .supervisor import Supervisor
 
         if install_signals:
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-            signal.signal(signal.SIGHUP, self.request_stop)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, self._on_signal)
         spec = self.spec
         # First, so that an instance already in use is refused before anything is said or run.
         self.shm = create_channels(self.instance, spec)
@@ -78,7 +83,7 @@ class Launcher:
             sup.on_ready = on_ready
             sup.start_all()
             last_health = time.monotonic()
-            while not self._stop.wait(STEP_S):
+            while not self._stop.wait(STEP_S) and not self._signalled:
                 sup.step()
                 if time.monotonic() - last_health > 5:
                     sup.note_healthy()

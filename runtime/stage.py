@@ -125,6 +125,7 @@ class StageRuntime:
         self.pid = os.getpid()
         self.in_flight: dict[str, int] = {}   # request id -> start time (monotonic ns)
         self._stop = threading.Event()
+        self._signalled = False      # set by the signal handler only (see _on_signal)
         self._lock = threading.Lock()
         self.lifecycle = Lifecycle(self._on_state_change)
         self.plane = None
@@ -183,9 +184,9 @@ class StageRuntime:
     # --- main loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         poll = getattr(self.compute, "poll", None)
-        while not self._stop.is_set():
+        while not (self._signalled or self._stop.is_set()):
             got = self._dispatch()
-            if self._stop.is_set():
+            if self._signalled or self._stop.is_set():
                 break
             if poll is not None:
                 poll(0 if got else LOOP_WAIT_S)
@@ -297,7 +298,11 @@ class StageRuntime:
 
     # --- shutdown -----------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
-        self._stop.set()
+        # Only a flag. A handler runs between two bytecodes of the main thread, possibly inside
+        # Event.set() with its lock held; taking that lock again here deadlocked the stage
+        # when a second SIGTERM came (parent-death signal, then the watchdog's). The main loop
+        # sees the flag within one wait slice and _shutdown() stops the other threads.
+        self._signalled = True
 
     def _shutdown(self) -> None:
         self._stop.set()
