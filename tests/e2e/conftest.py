@@ -28,14 +28,17 @@ def free_port() -> int:
 
 
 class LaunchedPipeline:
-    def __init__(self, instance: str, port: int, extra_args: tuple[str, ...] = ()):
+    """`autoglm launch [SPEC]` (default spec when none) as a subprocess, its output kept."""
+
+    def __init__(self, instance: str, port: int, extra_args: tuple[str, ...] = (),
+                 spec: str | None = None):
         self.instance, self.port = instance, port
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launch.cli", "launch", "--instance", instance,
-             "--port", str(port), *extra_args], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "launch.cli", "launch", *([spec] if spec else []),
+             "--instance", instance, "--port", str(port), *extra_args], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self):
@@ -79,15 +82,20 @@ class LaunchedPipeline:
                 self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def pipeline():
-    p = LaunchedPipeline(f"e2e-{uuid.uuid4().hex[:8]}", free_port())
+def ready_pipeline(prefix: str, spec: str | None = None):
+    """For a fixture: yields a launched pipeline once it serves, stops it afterwards."""
+    p = LaunchedPipeline(f"{prefix}-{uuid.uuid4().hex[:8]}", free_port(), spec=spec)
     try:
         p.wait_for("all 4 stages ready", READY_TIMEOUT_S)
         p.wait_healthy()
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    yield from ready_pipeline("e2e")
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ import base64
 import io
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +26,9 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import READY_TIMEOUT_S, REPO, LaunchedPipeline, free_port
+from tests.audio.conftest import speechlike
+
+from .conftest import REPO, ready_pipeline
 
 MODEL = "autoglm-phone-9b"
 PROMPT = "Do what I said."
@@ -36,30 +36,9 @@ MAX_SECONDS = 60.0  # the audio stage's max_seconds in both specs
 pytestmark = pytest.mark.timeout(300)
 
 
-class SpecPipeline(LaunchedPipeline):
-    """`autoglm launch SPEC` (LaunchedPipeline launches the default spec)."""
-
-    def __init__(self, instance: str, port: int, spec: str):
-        self.instance, self.port = instance, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launch.cli", "launch", spec, "--instance", instance,
-             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def transcribe_pipeline():
-    p = SpecPipeline(f"e2e-tr-{uuid.uuid4().hex[:8]}", free_port(),
-                     str(REPO / "launch" / "specs" / "transcribe.toml"))
-    try:
-        p.wait_for("all 4 stages ready", READY_TIMEOUT_S)
-        p.wait_healthy()
-        yield p
-    finally:
-        p.stop()
+    yield from ready_pipeline("e2e-tr", str(REPO / "launch" / "specs" / "transcribe.toml"))
 
 
 def _client(p):
@@ -74,17 +53,6 @@ def any_pipeline(request):
 
 
 # --- audio files ----------------------------------------------------------------------------
-def speechlike(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
-    """A gliding harmonic tone with a little noise: voiced-sound stand-in."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    x = sum(0.3 / k * np.sin(k * phase) for k in range(1, 6))
-    return (x * (0.6 + 0.4 * np.sin(2 * np.pi * 2.5 * t))
-            + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
-
-
 def encode(pcm: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
     import soundfile as sf
     buf = io.BytesIO()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from conftest import REPO
 
-from tests.e2e.conftest import READY_TIMEOUT_S, LaunchedPipeline, free_port, png_data_url
+from tests.e2e.conftest import png_data_url, ready_pipeline
 
 # Every span one image request must leave (issue 8), gateway to gateway.
 REQUIRED = ("gateway.receive", "gateway.media_decode", "gateway.shm_write", "vision.encode",
@@ -26,13 +26,7 @@ MAX_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def pipeline():
-    p = LaunchedPipeline(f"profspans-{uuid.uuid4().hex[:8]}", free_port())
-    try:
-        p.wait_for("all 4 stages ready", READY_TIMEOUT_S)
-        p.wait_healthy()
-        yield p
-    finally:
-        p.stop()
+    yield from ready_pipeline("profspans")
 
 
 def _profile(instance: str, request_id: str) -> subprocess.Popen:
