@@ -262,6 +262,7 @@ def test_second_instance_side_by_side_with_a_crash_looping_stage(pipeline, clien
         b.stop()
         for pid in instance_processes(b.instance):
             os.kill(pid, signal.SIGKILL)
+        cli("shm", "clean", b.instance, check=False)  # a failed run leaves no segment behind
 
 
 def _wait_state(client, stage, pred, timeout):
