@@ -26,28 +26,24 @@ PARTITION_PREFIX = "autoglm."
 
 # Letters, digits, '_', '-', '.': safe in a partition name (no DDS wildcards '*' / '?'),
 # in file names and in shell commands.
-_INSTANCE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_NODE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _validate_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"{kind} {name!r} is invalid: use 1-64 characters from "
+                         "letters, digits, '_', '-', '.'")
+    return name
 
 
 def validate_instance(instance: str) -> str:
     """Return ``instance`` unchanged, or raise ValueError saying what is wrong with it."""
-    if not isinstance(instance, str) or not _INSTANCE_RE.fullmatch(instance):
-        raise ValueError(
-            f"instance name {instance!r} is invalid: use 1-64 characters from "
-            "letters, digits, '_', '-', '.'"
-        )
-    return instance
+    return _validate_name("instance name", instance)
 
 
 def validate_node_name(node_name: str) -> str:
     """Return ``node_name`` unchanged, or raise ValueError saying what is wrong with it."""
-    if not isinstance(node_name, str) or not _NODE_RE.fullmatch(node_name):
-        raise ValueError(
-            f"node name {node_name!r} is invalid: use 1-64 characters from "
-            "letters, digits, '_', '-', '.'"
-        )
-    return node_name
+    return _validate_name("node name", node_name)
 
 
 def domain_id_for(instance: str) -> int:
