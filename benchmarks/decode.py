@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-graphs", action="store_true", help="run decode steps eagerly")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the graphed decode step (slow first step per shape)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="after the runs, profile this many batch-1 decode steps and print the "
+                        "kernels by GPU time and the host's share of a step (default: off)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="chunked-prefill budget")
     p.add_argument("--out", default=None,
@@ -102,6 +105,8 @@ def run(args) -> int:
         print(f"  batch {b:3d}: decode {r['decode_tokens_per_s']:9.1f} tok/s "
               f"({r['per_seq_tokens_per_s']:.1f}/seq, {100 * r['fraction_of_roofline_per_seq']:.0f}% "
               f"of roofline), prefill {r['prefill_tokens_per_s']:9.0f} tok/s", flush=True)
+    if args.profile_steps > 0:
+        result["profile_batch1"] = profile_decode(engine, model, args, device)
     if args.hf_new_tokens > 0:
         result["transformers"] = bench_transformers(model, config, args, device)
         print(f"  transformers generate batch 1: {result['transformers']['decode_tokens_per_s']:.1f} tok/s")
@@ -210,6 +215,44 @@ def bench_engine(engine, model, batch: int, args, device) -> dict:
             "graph_steps": engine.stats.graph_steps - graph_steps_before, "logits_finite": logits_ok}
 
 
+def profile_decode(engine, model, args, device) -> dict:
+    """Where a batch-1 decode step's time goes: GPU kernels by total time (torch.profiler,
+    which sees kernels inside graph replays), and the step's wall time against its GPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from decision.engine import SamplingParams
+
+    steps = args.profile_steps
+    prompt = list(range(1, args.prompt_len + 1))
+    engine.add_request("profile", prompt, SamplingParams(max_tokens=steps + 8))
+    for _ in range(4):                       # prefill and the first decodes, unprofiled
+        engine.step()
+    _sync(device)
+    walls = []
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            t = time.perf_counter()
+            engine.step()                    # ends by reading the sampled id: synchronised
+            walls.append(time.perf_counter() - t)
+    while engine.has_unfinished():
+        engine.step()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total_gpu_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:25]
+    rows = [{"kernel": e.key[:90], "calls_per_step": e.count / steps,
+             "us_per_step": e.self_device_time_total / steps,
+             "share": e.self_device_time_total / total_gpu_us} for e in top]
+    wall_ms = 1e3 * sorted(walls)[len(walls) // 2]
+    gpu_ms = total_gpu_us / steps / 1e3
+    print(f"\nprofile, batch 1, {steps} steps: step wall p50 {wall_ms:.2f} ms, GPU busy "
+          f"{gpu_ms:.2f} ms/step, kernels {sum(e.count for e in kernels) / steps:.0f}/step")
+    for r in rows:
+        print(f"  {r['us_per_step']:9.1f} us {100 * r['share']:5.1f}% x{r['calls_per_step']:6.1f}  {r['kernel']}")
+    return {"steps": steps, "step_wall_ms_p50": wall_ms, "gpu_busy_ms_per_step": gpu_ms,
+            "kernels_per_step": sum(e.count for e in kernels) / steps, "top_kernels": rows}
+
+
 def _finite_logits(model, prompt, device) -> bool:
     import torch
 
@@ -243,8 +286,7 @@ def bench_transformers(model, config, args, device) -> dict:
                            out_hidden_size=t.hidden_size), tie_word_embeddings=False)
     with torch.device("meta"):
         hf = Glm4vForConditionalGeneration(hf_cfg)
-    hf.model.language_model.load_state_dict(model.model.state_dict(), strict=False, assign=True)
-    hf.lm_head.weight = model.lm_head.weight
+    hf.load_state_dict(model.checkpoint_tensors(), strict=False, assign=True)
     hf.model.language_model.rotary_emb = Glm4vTextRotaryEmbedding(hf_cfg.text_config).to(device)
     hf.model.visual.to_empty(device=device)
     hf.eval()

@@ -16,16 +16,20 @@ from torch import nn
 
 from modelcore.checkpoint import CheckpointError, CheckpointReader, load_module
 from modelcore.config import ConfigError, ModelConfig, TextConfig
-from modelcore.layers import FusedGateUpMLP, RMSNorm
+from modelcore.layers import FusedGateUpMLP, RMSNorm, add_norm_pair
 
 from .kv_cache import ContiguousKVCache, KVCache
-from .rope import MRope, apply_rope
+from .rope import MRope
 
 TEXT_PREFIX = "model.language_model."
 LM_HEAD = "lm_head.weight"
+QKV_PARTS = ("q_proj", "k_proj", "v_proj")
 
 
 class Attention(nn.Module):
+    """GQA with qkv bias. The checkpoint's q/k/v projections are one [Hq + 2 Hkv] x D
+    projection here (concatenated at load), so a decode step reads them in one GEMV."""
+
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = (
@@ -34,23 +38,21 @@ class Attention(nn.Module):
             raise ConfigError(f"num_attention_heads {self.heads} is not a multiple of "
                               f"num_key_value_heads {self.kv_heads}")
         h = cfg.hidden_size
-        self.q_proj = nn.Linear(h, self.heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(h, self.kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(h, self.kv_heads * self.head_dim, bias=True)
+        self.qkv_proj = nn.Linear(h, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.heads * self.head_dim, h, bias=False)
 
     def forward(self, x, cos, sin, kv: KVCache, layer: int):
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, self.heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = kv.attend(layer, q, k, v)
-        return self.o_proj(out.reshape(n, self.heads * self.head_dim))
+        out = kv.attend_qkv(layer, self.qkv_proj(x), cos, sin, self.heads)
+        return self.o_proj(out.reshape(x.shape[0], self.heads * self.head_dim))
 
 
 class DecoderLayer(nn.Module):
-    """Sandwich norms: each sub-block's output is normalised again before the residual add."""
+    """Sandwich norms: each sub-block's output is normalised again before the residual add.
+
+    Takes the residual stream x and its normalised copy h (this layer's input_layernorm,
+    applied by the previous layer); returns both for the next layer, whose input norm
+    (`next_norm`) is fused with this layer's last residual add.
+    """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -62,9 +64,10 @@ class DecoderLayer(nn.Module):
         self.mlp = FusedGateUpMLP(h, cfg.intermediate_size, cfg.hidden_act)
         self.post_mlp_layernorm = RMSNorm(h, eps)
 
-    def forward(self, x, cos, sin, kv: KVCache, layer: int):
-        x = x + self.post_self_attn_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, kv, layer))
-        return x + self.post_mlp_layernorm(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, x, h, cos, sin, kv: KVCache, layer: int, next_norm: RMSNorm):
+        a = self.self_attn(h, cos, sin, kv, layer)
+        x, h = add_norm_pair(x, a, self.post_self_attn_layernorm, self.post_attention_layernorm)
+        return add_norm_pair(x, self.mlp(h), self.post_mlp_layernorm, next_norm)
 
 
 class TextModel(nn.Module):
@@ -96,11 +99,13 @@ class GlmDecoder(nn.Module):
         if positions.dim() != 2 or positions.shape[0] != 3 or positions.shape[1] != embeds.shape[0]:
             raise ValueError(f"positions must be [3, {embeds.shape[0]}], got {tuple(positions.shape)}")
         cos, sin = self.rope.cos_sin(positions, embeds.dtype)  # once per step, shared by all layers
-        x = embeds
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, kv, i)
+        layers = self.model.layers
+        x, h = embeds, layers[0].input_layernorm(embeds)
+        for i, layer in enumerate(layers):
+            next_norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
+            x, h = layer(x, h, cos, sin, kv, i, next_norm)
         kv.commit(embeds.shape[0])
-        return self.model.norm(x)
+        return h
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
@@ -111,6 +116,28 @@ class GlmDecoder(nn.Module):
         p = self.lm_head.weight
         return ContiguousKVCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
                                  max_len, batch=batch, dtype=p.dtype, device=p.device)
+
+    def fused_from_checkpoint(self) -> dict[str, list[str]]:
+        """Names under `model.language_model.` of fused tensors -> the checkpoint's parts."""
+        out = {}
+        for name, _ in self.model.named_parameters():
+            if ".self_attn.qkv_proj." in name:
+                out[name] = [name.replace("qkv_proj", p) for p in QKV_PARTS]
+        return out
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights under the checkpoint's (Hugging Face) names; fused tensors are split
+        back into views, nothing is copied."""
+        text = self.config.text
+        sizes = [text.num_attention_heads * text.head_dim] + [text.num_key_value_heads * text.head_dim] * 2
+        fused = self.fused_from_checkpoint()
+        out = {}
+        for name, t in self.model.state_dict().items():
+            parts = t.split(sizes, dim=0) if name in fused else [t]
+            for part_name, part in zip(fused.get(name, [name]), parts):
+                out[TEXT_PREFIX + part_name] = part
+        out[LM_HEAD] = self.lm_head.weight
+        return out
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -126,7 +153,8 @@ class GlmDecoder(nn.Module):
         reader = CheckpointReader(model_dir)
         with torch.device("meta"):  # no allocation until the real tensors are assigned
             model = cls(config)
-        load_module(model.model, reader, TEXT_PREFIX, dtype=dtype, device=device)
+        load_module(model.model, reader, TEXT_PREFIX, dtype=dtype, device=device,
+                    concat=model.fused_from_checkpoint())
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
         else:

@@ -1,9 +1,10 @@
 """The attention-over-cache interface the decoder calls, and a simple contiguous cache.
 
-The decoder computes q, k, v for its new tokens (rope already applied) and hands them to
-`kv.attend(layer, q, k, v)`; how keys and values are stored and which earlier tokens each
-query sees is the cache's business. That keeps the decoder usable unchanged by a paged,
-continuously batched engine: it passes a different cache object.
+The decoder hands the fused q/k/v projection of its new tokens and the step's rotary tables
+to `kv.attend_qkv(layer, qkv, cos, sin, heads)`; splitting and rotating (`attend_qkv`),
+storing keys and values and deciding which earlier tokens each query sees (`attend`) is the
+cache's business. That keeps the decoder usable unchanged by a paged, continuously batched
+engine, which passes a different cache object and fuses those steps on the GPU.
 """
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
+from .rope import split_rotate
+
 
 class KVCache(Protocol):
+    def attend_qkv(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   heads: int) -> torch.Tensor:
+        """qkv [N, (heads + 2 kv_heads) * d] for the N new tokens, rotary tables [N, rotary_dim]
+        -> attention output [N, heads, d]."""
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [N, heads, d], k/v [N, kv_heads, d] for the N new tokens -> out [N, heads, d]."""
+        """q [N, heads, d], k/v [N, kv_heads, d] for the N new tokens (rotated)
+        -> out [N, heads, d]."""
 
     def commit(self, n_tokens: int) -> None:
         """Called once after all layers ran for N new tokens: they now belong to the cache."""
@@ -36,6 +45,10 @@ class ContiguousKVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.batch, self.max_len, self.length = batch, max_len, 0
+
+    def attend_qkv(self, layer, qkv, cos, sin, heads):
+        _, kv_heads, _, head_dim = self.k[layer].shape
+        return self.attend(layer, *split_rotate(qkv, cos, sin, heads, kv_heads, head_dim))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self.batch

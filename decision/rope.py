@@ -60,3 +60,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     rot, rest = x[..., :rd], x[..., rd:]
     rot = rot * cos + _rotate_pairs(rot) * sin
     return torch.cat((rot, rest), dim=-1)
+
+
+def split_rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                 kv_heads: int, head_dim: int):
+    """The fused projection's output [N, (Hq + 2 Hkv) * D] -> q [N, Hq, D], k, v [N, Hkv, D],
+    q and k rotated (kernels.rope.rope_qkv does the same in one launch)."""
+    n = qkv.shape[0]
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = apply_rope(q.view(n, heads, head_dim), cos, sin)
+    k = apply_rope(k.view(n, kv_heads, head_dim), cos, sin)
+    return q, k, v.view(n, kv_heads, head_dim)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
@@ -82,30 +82,40 @@ class CheckpointReader:
 
 def load_module(module: torch.nn.Module, reader: CheckpointReader, prefix: str,
                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                rename: Mapping[str, str] | None = None) -> None:
+                rename: Mapping[str, str] | None = None,
+                concat: Mapping[str, Sequence[str]] | None = None) -> None:
     """Fill every parameter and buffer of `module` from `prefix` + its name, strictly.
 
     Missing tensors and shape mismatches are errors naming the tensor; tensors in the
     checkpoint under `prefix` that the module does not have are errors too, since they mean
     the config and the weights disagree. `rename` maps a module name to a checkpoint name
-    where the two differ.
+    where the two differ; `concat` maps a module name to several checkpoint names whose
+    tensors are concatenated along dim 0 (a fused projection stored as separate ones).
     """
-    rename = dict(rename or {})
+    rename, concat = dict(rename or {}), dict(concat or {})
     expected = {name: t for name, t in module.state_dict().items()}
-    wanted = {prefix + rename.get(name, name): name for name in expected}
-    unexpected = sorted(set(reader.names(prefix)) - set(wanted))
+    sources = {name: [prefix + n for n in concat[name]] if name in concat
+               else [prefix + rename.get(name, name)] for name in expected}
+    used = {ckpt for names in sources.values() for ckpt in names}
+    unexpected = sorted(set(reader.names(prefix)) - used)
     if unexpected:
         raise CheckpointError(
             f"{reader.dir}: {len(unexpected)} tensors under {prefix!r} that the model does not "
             f"use, first {unexpected[0]!r}: does config.json match the weights?")
-    loaded = reader.read(wanted, dtype=dtype, device=device)
+    loaded = reader.read(used, dtype=dtype, device=device)
     state = {}
-    for ckpt_name, tensor in loaded.items():
-        name = wanted[ckpt_name]
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+    for name, ckpt_names in sources.items():
+        # Parts are dropped as soon as they are concatenated: the extra memory is one tensor's.
+        parts = [loaded.pop(n) for n in ckpt_names]
+        rows = sum(p.shape[0] for p in parts if p.dim())
+        shape = parts[0].shape if len(parts) == 1 else (rows, *parts[0].shape[1:])
+        if tuple(shape) != tuple(expected[name].shape) or any(
+                p.shape[1:] != parts[0].shape[1:] for p in parts):
+            what = " + ".join(f"{n!r} {tuple(p.shape)}" for n, p in zip(ckpt_names, parts))
             raise CheckpointError(
-                f"{reader.dir}: tensor {ckpt_name!r} has shape {tuple(tensor.shape)}, the "
-                f"config implies {tuple(expected[name].shape)}")
+                f"{reader.dir}: tensor {what} does not give the shape the config implies, "
+                f"{tuple(expected[name].shape)}")
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         state[name] = tensor
     module.load_state_dict(state, strict=True, assign=True)
 

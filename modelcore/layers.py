@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import kernels
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in fp32, cast back before the weight multiply.
@@ -19,6 +21,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.enabled(x) and x.dtype == self.weight.dtype:
+            from kernels.norm import rms_norm
+            return rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -26,6 +31,17 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def add_norm_pair(residual: torch.Tensor, a: torch.Tensor, post: RMSNorm,
+                  next_norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLM-4's sandwich step: r = residual + post(a), then (r, next_norm(r)); one kernel on
+    the GPU."""
+    if kernels.enabled(a) and a.dtype == residual.dtype == post.weight.dtype == next_norm.weight.dtype:
+        from kernels.norm import add_norm_pair as fused
+        return fused(residual, a, post.weight, post.eps, next_norm.weight, next_norm.eps)
+    r = residual + post(a)
+    return r, next_norm(r)
 
 
 def activation(name: str):
@@ -59,7 +75,12 @@ class FusedGateUpMLP(nn.Module):
         self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
         self.act = activation(act)
+        self.is_silu = self.act is F.silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.is_silu and kernels.enabled(gate_up):
+            from kernels.activation import silu_mul
+            return self.down_proj(silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(up * self.act(gate))

@@ -95,9 +95,7 @@ def text_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         dec = GlmDecoder(ModelConfig.from_dict(config))
-    shapes = {"model.language_model." + k: tuple(v.shape) for k, v in dec.model.state_dict().items()}
-    shapes["lm_head.weight"] = tuple(dec.lm_head.weight.shape)
-    return shapes
+    return {name: tuple(t.shape) for name, t in dec.checkpoint_tensors().items()}
 
 
 def vision_shapes(config: dict) -> dict[str, tuple[int, ...]]:

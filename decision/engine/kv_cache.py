@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+import kernels
+from decision.rope import split_rotate
+
 
 class CacheTooSmall(ValueError):
     """The memory budget does not hold even a minimal KV cache."""
@@ -103,6 +106,20 @@ class StepAttention:
         self.prefill = list(prefill)
         self._decode_bias = None
 
+    def attend_qkv(self, layer_idx: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   heads: int) -> torch.Tensor:
+        """The fused projection [T, (Hq + 2 Hkv) * D] -> out [T, Hq, D]; on the GPU the split,
+        rotation and cache write are one kernel."""
+        cache = self.cache
+        hkv, d = cache.kv_heads, cache.head_dim
+        if not kernels.enabled(qkv):
+            return self.attend(layer_idx, *split_rotate(qkv, cos, sin, heads, hkv, d))
+        from kernels.rope import rope_qkv
+        kc, vc = cache.k[layer_idx], cache.v[layer_idx]
+        q, k, v = rope_qkv(qkv, cos, sin, heads, hkv, d, kc.view(-1, hkv, d), vc.view(-1, hkv, d),
+                           self.slot_mapping)
+        return self._attend_stored(q, k, v, kc, vc)
+
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] (already rotated) -> out [T, Hq, D].
 
@@ -116,13 +133,14 @@ class StepAttention:
         k = k.reshape(-1, hkv, d)
         v = v.reshape(-1, hkv, d)
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
-        flat_k = kc.view(-1, hkv, d)
-        flat_v = vc.view(-1, hkv, d)
-        flat_k.index_copy_(0, self.slot_mapping, k.to(kc.dtype))
-        flat_v.index_copy_(0, self.slot_mapping, v.to(vc.dtype))
+        kc.view(-1, hkv, d).index_copy_(0, self.slot_mapping, k.to(kc.dtype))
+        vc.view(-1, hkv, d).index_copy_(0, self.slot_mapping, v.to(vc.dtype))
+        return self._attend_stored(q, k, v, kc, vc).reshape(q_shape)
 
+    def _attend_stored(self, q, k, v, kc, vc) -> torch.Tensor:
+        """Attention once the step's k/v are in the cache: decode rows, then prefill chunks."""
         if not self.prefill:
-            return self._attend_decode(q, kc, vc).reshape(q_shape)
+            return self._attend_decode(q, kc, vc)
         out = torch.empty_like(q)
         nd = self.num_decode
         if nd:
@@ -130,13 +148,17 @@ class StepAttention:
         for chunk in self.prefill:
             rows = slice(chunk.row_start, chunk.row_start + chunk.num_new)
             out[rows] = self._attend_chunk(q[rows], k[rows], v[rows], kc, vc, chunk)
-        return out.reshape(q_shape)
+        return out
 
     def commit(self, n_tokens: int) -> None:
         # Token counts are the engine's host state; nothing to advance here.
         pass
 
     def _attend_decode(self, q, kc, vc):
+        if kernels.enabled(q):
+            from kernels.attention import paged_decode_attention
+            return paged_decode_attention(q, kc, vc, self.decode_block_table,
+                                          self.decode_context_lens)
         # GQA without repeating K/V: the query heads sharing a KV head become that head's
         # "query length", which is exact for one-token decode.
         nd, hq, d = q.shape
