@@ -310,6 +310,17 @@ class Reader(Generic[T]):
         """For transient-local topics: wait until matched writers delivered their history."""
         return self._dr.wait_for_historical_data(duration(seconds=timeout))
 
+    def close(self) -> None:
+        """Delete this reader, its plane staying open: writers stop sending to it (each
+        matched reader of another process costs every write a send and that process a
+        wake-up). Not to be called while another thread waits in take()."""
+        if self.plane.closed:
+            return
+        _delete_entity(self._dr)   # its read conditions go with it
+        _delete_entity(self._waitset)
+        _delete_entity(self._guard)
+        self._pending = []
+
     def wake(self) -> None:
         """Make a take() blocked in another thread return now (possibly empty)."""
         try:
@@ -346,6 +357,11 @@ class ReaderSet:
             if self.plane.closed:  # closed by another thread while we waited
                 return False
             raise
+
+    def close(self) -> None:
+        """Delete the WaitSet (the readers stay open)."""
+        if not self.plane.closed:
+            _delete_entity(self._waitset)
 
 
 def _poll(predicate, timeout: float, interval: float = 0.01) -> bool:

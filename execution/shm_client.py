@@ -171,8 +171,11 @@ class ShmPipelineClient:
                 # A request written now would wait for a stage that is not there to read it.
                 raise PipelineError(f"the pipeline is not ready: {down}", retryable=True)
             try:
-                message = await asyncio.to_thread(self._build_request, req)
-                self._w_request.write(message)
+                # Built and published in the worker thread: handing the message back to the
+                # event loop first put a thread-to-loop wake-up (~0.3-1 ms on a busy host)
+                # between the shm write and the decision stage. Cyclone writers are
+                # thread-safe.
+                await asyncio.to_thread(self._submit_request, req)
             except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
                 raise PipelineError(f"the pipeline cannot take the request now: {exc}",
                                     retryable=True) from exc
@@ -223,6 +226,10 @@ class ShmPipelineClient:
         finally:
             self._queues.pop(key, None)
             self._by_id.pop(req.request_id, None)
+
+    def _submit_request(self, req: PreparedRequest) -> None:
+        """Put the request's media and prompt into shm and publish it (blocking)."""
+        self._w_request.write(self._build_request(req))
 
     def _build_request(self, req: PreparedRequest):
         from control.messages import Request, SamplingParams, pack_extra

@@ -61,6 +61,12 @@ REPEATED_SPANS = frozenset({DECISION_TOKEN})
 # statistics work on. Its own request_id is BATCH_REQUEST_ID.
 BATCH_KEY = "requests"
 BATCH_REQUEST_ID = "*"
+# A multi-step span: one message carrying several consecutive intervals of the same name (the
+# decode steps since the last write), attrs STEPS_KEY = [[start_ns, end_ns, {attrs}], ...]; each
+# step's attrs may make it a batch (BATCH_KEY). A DDS write costs the decode loop 30-200 us on a
+# busy 2-core host (the receivers wake too), so the stage sends its steps every few of them
+# (profiler.emit.StepSpanBuffer), not one message per step. The span's own interval covers all.
+STEPS_KEY = "steps"
 
 
 def stage_of(name: str) -> str:
@@ -133,7 +139,15 @@ class Span:
 def expand_batch(span: "Span") -> list["Span"]:
     """The per-request spans a batched span stands for ([span] itself when it is not one).
     List attributes as long as the batch are split per request; the others are shared, and
-    each part gets ``batch`` = the batch size."""
+    each part gets ``batch`` = the batch size. A multi-step span (STEPS_KEY) becomes the spans
+    of all its steps."""
+    steps = span.attrs.get(STEPS_KEY) if span.attrs else None
+    if isinstance(steps, list):
+        return [part for start, end, attrs in steps
+                for part in expand_batch(Span(request_id=span.request_id, name=span.name,
+                                              source=span.source, pid=span.pid,
+                                              start_ns=int(start), end_ns=int(end),
+                                              attrs=dict(attrs), rx_ns=span.rx_ns))]
     rids = span.attrs.get(BATCH_KEY) if span.attrs else None
     if not isinstance(rids, list):
         return [span]

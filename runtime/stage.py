@@ -151,6 +151,7 @@ class StageRuntime:
             self.ctx = StageContext(self)
             module = importlib.import_module(self.stage_spec.module)
             self.compute = module.make_stage(self.ctx)
+            self._close_unhandled_readers()
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()
@@ -181,6 +182,28 @@ class StageRuntime:
         self.inbox = ReaderSet(self.plane, [self.r_request, self.r_event, self.r_cancel,
                                             self.r_config, self.r_command])
 
+    # Readers the compute may have no handler for, by handler name.
+    _HANDLED_READERS = (("r_request", "on_request"), ("r_event", "on_event"),
+                        ("r_cancel", "on_cancel"))
+
+    def _close_unhandled_readers(self) -> None:
+        """Delete the request/event/cancel readers the compute has no handler for (the HTTP
+        gateway handles none, the vision stage no events): their messages were taken and
+        dropped, but every one still cost its writer a send and this process a wake-up and a
+        deserialisation, on a host whose cores the stages share."""
+        kept = [self.r_config, self.r_command]
+        for attr, method in self._HANDLED_READERS:
+            reader = getattr(self, attr)
+            if getattr(self.compute, method, None) is None:
+                reader.close()
+                setattr(self, attr, None)
+            else:
+                kept.append(reader)
+        if len(kept) < len(self.inbox.readers):
+            from control.plane import ReaderSet
+            old, self.inbox = self.inbox, ReaderSet(self.plane, kept)
+            old.close()
+
     # --- main loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         poll = getattr(self.compute, "poll", None)
@@ -202,16 +225,19 @@ class StageRuntime:
             n += 1
             if cmd.target in (self.name, "*") and cmd.command == "shutdown":
                 self._stop.set()
-        for req in self.r_request.take(0):
-            n += 1
-            self._call("on_request", req)
-        for ev in self.r_event.take(0):
-            n += 1
-            if ev.source != self.name:
-                self._call("on_event", ev)
-        for c in self.r_cancel.take(0):
-            n += 1
-            self._call("on_cancel", c)
+        if self.r_request is not None:
+            for req in self.r_request.take(0):
+                n += 1
+                self._call("on_request", req)
+        if self.r_event is not None:
+            for ev in self.r_event.take(0):
+                n += 1
+                if ev.source != self.name:
+                    self._call("on_event", ev)
+        if self.r_cancel is not None:
+            for c in self.r_cancel.take(0):
+                n += 1
+                self._call("on_cancel", c)
         return n
 
     def _call(self, method: str, msg) -> None:
