@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-new-tokens", type=int, default=32,
                    help="tokens for transformers' generate at batch 1; 0 skips it (default: %(default)s)")
     p.add_argument("--no-graphs", action="store_true", help="run decode steps eagerly")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="read each decode step's tokens before queuing the next (lockstep)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the graphed decode step (slow first step per shape)")
     p.add_argument("--profile-steps", type=int, default=0,
@@ -68,6 +72,8 @@ def _parse_batches(text: str) -> list[int]:
 def run(args) -> int:
     import torch
 
+    import kernels
+
     batches = _parse_batches(args.batch_sizes)
     if args.prompt_len < 1 or args.new_tokens < 2:
         raise SystemExit("autoglm bench decode: --prompt-len >= 1 and --new-tokens >= 2 needed")
@@ -90,9 +96,10 @@ def run(args) -> int:
     print(f"device {name}; weights read per decode step {weight_bytes / 1e9:.2f} GB; "
           f"copy bandwidth {bw / 1e9:.0f} GB/s; roofline batch-1 {roofline:.1f} tokens/s")
 
-    result = {"device": name, "shape": shape, "dtype": "bfloat16", "prompt_len": args.prompt_len,
+    result = {"command": _command_line(), "software": _software(), "device": name, "shape": shape, "dtype": "bfloat16", "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "cuda_graphs": device.type == "cuda" and not args.no_graphs,
-              "compiled_decode": bool(args.compile),
+              "compiled_decode": bool(args.compile), "overlap_decode": not args.no_overlap,
+              "kernels": kernels.describe(device),
               "weight_bytes": weight_bytes, "copy_bandwidth_GBps": bw / 1e9,
               "roofline_batch1_tokens_per_s": roofline, "engine": []}
     # One engine for every batch size: graphs (and compiled code) are shared, as in serving.
@@ -169,6 +176,7 @@ def make_engine(model, max_batch: int, args):
         block_size=args.block_size, max_num_seqs=max_batch,
         max_num_batched_tokens=args.max_batched_tokens, num_blocks=max_batch * blocks_per_seq + 2,
         enable_prefix_cache=False, cuda_graphs=not args.no_graphs, compile_decode=args.compile,
+        overlap_decode=not args.no_overlap,
         graph_batch_sizes=(1, 2, 4, 8, 16, 32, 64), max_model_len=seq + args.block_size))
 
 
@@ -323,6 +331,26 @@ def format_table(r: dict) -> str:
         speedup = f", engine batch 1 is {b1 / hf:.1f}x" if b1 else ""
         lines.append(f"transformers generate, batch 1: {hf:.1f} tok/s{speedup}")
     return "\n".join(lines)
+
+
+def _command_line() -> str:
+    """How this run was started, with the kernel switches that change what it measures."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("AUTOGLM_KERNELS", "AUTOGLM_KERNELS_OFF")
+                   if os.environ.get(k))
+    prog = ("python -m benchmarks.decode" if sys.argv[0].endswith("decode.py")
+            else os.path.basename(sys.argv[0]))
+    return " ".join(filter(None, [env, prog, *sys.argv[1:]]))
+
+
+def _software() -> str:
+    import torch
+    parts = [f"torch {torch.__version__}"]
+    for mod in ("triton", "transformers"):
+        try:
+            parts.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return ", ".join(parts)
 
 
 def _sync(device) -> None:

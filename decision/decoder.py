@@ -16,7 +16,7 @@ from torch import nn
 
 from modelcore.checkpoint import CheckpointError, CheckpointReader, load_module
 from modelcore.config import ConfigError, ModelConfig, TextConfig
-from modelcore.layers import FusedGateUpMLP, RMSNorm, add_norm_pair
+from modelcore.layers import FusedGateUpMLP, Linear, RMSNorm, add_norm_pair
 
 from .kv_cache import ContiguousKVCache, KVCache
 from .rope import MRope
@@ -38,8 +38,8 @@ class Attention(nn.Module):
             raise ConfigError(f"num_attention_heads {self.heads} is not a multiple of "
                               f"num_key_value_heads {self.kv_heads}")
         h = cfg.hidden_size
-        self.qkv_proj = nn.Linear(h, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, h, bias=False)
+        self.qkv_proj = Linear(h, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=True)
+        self.o_proj = Linear(self.heads * self.head_dim, h, bias=False)
 
     def forward(self, x, cos, sin, kv: KVCache, layer: int):
         out = kv.attend_qkv(layer, self.qkv_proj(x), cos, sin, self.heads)
@@ -86,7 +86,7 @@ class GlmDecoder(nn.Module):
         self.config = config
         cfg = config.text
         self.model = TextModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rope = MRope(cfg)

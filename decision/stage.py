@@ -177,7 +177,8 @@ class ModelDecisionStage:
             kv_cache_bytes=int(float(kv_mb) * 2**20) if kv_mb else (
                 None if self.device.type == "cuda" else 256 * 2**20),
             enable_prefix_cache=bool(p.get("prefix_cache", True)),
-            cuda_graphs=bool(p.get("cuda_graphs", True)))
+            cuda_graphs=bool(p.get("cuda_graphs", True)),
+            overlap_decode=None if p.get("overlap_decode") is None else bool(p["overlap_decode"]))
         self._engine_cls = LLMEngine
         self.engine = LLMEngine(self.decoder, self.engine_config)
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "tokens"
@@ -203,7 +204,8 @@ class ModelDecisionStage:
         self._token_spans = StepSpanBuffer(self.tracer, "decision.token")
         ctx.log(f"decoder from {self.model_dir} on {self.device} ({self.dtype}); KV cache "
                 f"{self.engine.blocks.usable_blocks} blocks of {self.engine_config.block_size} "
-                f"tokens; max_model_len {self.engine.max_model_len}")
+                f"tokens; max_model_len {self.engine.max_model_len}; overlapped decode "
+                f"{'on' if self.engine.overlap else 'off'}")
 
     # --- requests in ---------------------------------------------------------------------
     def on_request(self, req) -> None:

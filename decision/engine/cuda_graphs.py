@@ -51,8 +51,10 @@ class DecodeGraphRunner:
         # ids, positions t/h/w, slot, context length.
         self.inputs = torch.zeros(6, bmax, dtype=torch.long, device=dev)
         self.block_table = torch.zeros(bmax, wmax, dtype=torch.long, device=dev)
-        self._host = torch.zeros(6, bmax, dtype=torch.long).pin_memory()
-        self._host_table = torch.zeros(bmax, wmax, dtype=torch.long).pin_memory()
+        # Two pinned staging areas used in turn: with overlapped decode the next step's
+        # inputs are written while the previous step (and maybe its input copy) is queued.
+        self._staging = [_Staging(bmax, wmax) for _ in range(2)]
+        self._turn = 0
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
 
@@ -64,19 +66,25 @@ class DecodeGraphRunner:
         return self.batch_sizes[i], self.widths[j]
 
     def try_run(self, ids, positions, slots, block_tables, context_lens) -> torch.Tensor | None:
-        """Logits [B, V] for a decode step, or None when no bucket fits (run eagerly)."""
+        """Logits [B, V] for a decode step, or None when no bucket fits (run eagerly).
+
+        ids: a host list, or a device tensor (a chained step's inputs, never read on the host).
+        """
         b = len(ids)
         width = max(len(t) for t in block_tables)
         bucket = self.bucket(b, width)
         if bucket is None:
             return None
         bp, wp = bucket
-        host, table = self._host, self._host_table
-        # Reusing the pinned buffers is safe: the previous step's copy and replay finished
-        # before its sampled ids were read on the host.
+        staging = self._staging[self._turn]
+        self._turn ^= 1
+        staging.copied.synchronize()    # its copy of two steps ago has left (at once, usually)
+        host, table = staging.host, staging.table
         host[:, :bp].zero_()
         host[1:4, :b] = positions
-        host[0, :b] = torch.tensor(ids)
+        on_device = isinstance(ids, torch.Tensor)
+        if not on_device:
+            host[0, :b] = torch.tensor(ids)
         host[4, :bp] = SCRATCH_BLOCK * self.cache.block_size
         host[4, :b] = torch.tensor(slots)
         host[5, :bp] = 1
@@ -86,6 +94,9 @@ class DecodeGraphRunner:
             table[i, :len(blocks)] = torch.tensor(blocks)
         self.inputs[:, :bp].copy_(host[:, :bp], non_blocking=True)
         self.block_table[:bp, :wp].copy_(table[:bp, :wp], non_blocking=True)
+        staging.copied.record()
+        if on_device:
+            self.inputs[0, :b].copy_(ids)
         graph, out = self._graph(bp, wp)
         graph.replay()
         return out[:b]
@@ -134,3 +145,12 @@ class DecodeGraphRunner:
             self.pool = graph.pool()
         self.graphs[key] = (graph, out)
         return graph, out
+
+
+class _Staging:
+    """Pinned host rows for one step's inputs, and an event marking their copy's departure."""
+
+    def __init__(self, bmax: int, wmax: int):
+        self.host = torch.zeros(6, bmax, dtype=torch.long).pin_memory()
+        self.table = torch.zeros(bmax, wmax, dtype=torch.long).pin_memory()
+        self.copied = torch.cuda.Event()

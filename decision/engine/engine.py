@@ -20,7 +20,7 @@ import torch
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache, PrefillChunk, StepAttention, plan_num_blocks
 from .request import (FinishReason, ModalityInput, Request, RequestStatus, TokenRecord)
-from .sampling import SamplerState, SamplingParams, sample
+from .sampling import DeviceSample, SamplerState, SamplingParams, sample_on_device
 from .scheduler import ScheduledChunk, Scheduler
 
 
@@ -43,6 +43,9 @@ class EngineConfig:
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # torch.compile the graphed decode step (fuses element-wise kernels; compile per bucket).
     compile_decode: bool = False
+    # Queue the next decode step before reading this one's tokens, so the GPU never waits
+    # for the host's per-step work (None: on for CUDA). See LLMEngine._chain_decode.
+    overlap_decode: bool | None = None
 
 
 @dataclass
@@ -52,6 +55,7 @@ class EngineStats:
     decode_tokens: int = 0
     steps: int = 0
     graph_steps: int = 0
+    chained_steps: int = 0               # decode steps queued before the previous one was read
     preemptions: int = 0
 
 
@@ -83,6 +87,10 @@ class LLMEngine:
         self.stats = EngineStats()
         self._next_index = itertools.count()
         self._pending: list[TokenRecord] = []     # errors and cancels to report next step
+        # A step whose tokens are still on the device (see _chain_decode).
+        self._inflight: _Launched | None = None
+        self.overlap = cfg.overlap_decode if cfg.overlap_decode is not None \
+            else self.device.type == "cuda"
         self.graphs = None
         if cfg.cuda_graphs and self.device.type == "cuda":
             from .cuda_graphs import DecodeGraphRunner
@@ -163,11 +171,12 @@ class LLMEngine:
 
     # --- state ---------------------------------------------------------------------------------
     def has_unfinished(self) -> bool:
-        return bool(self.requests) or bool(self._pending)
+        return bool(self.requests) or bool(self._pending) or self._inflight is not None
 
     def has_runnable(self) -> bool:
         """Whether `step()` would do work now (requests waiting only for modalities do not count)."""
-        return (bool(self._pending) or bool(self.scheduler.waiting) or bool(self.scheduler.running)
+        return (bool(self._pending) or self._inflight is not None or bool(self.scheduler.waiting)
+                or bool(self.scheduler.running)
                 or any(r.cancel_requested for r in self.requests.values()))
 
     def status(self, request_id: str) -> RequestStatus:
@@ -179,40 +188,109 @@ class LLMEngine:
     # --- the step -------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[TokenRecord]:
+        """Run one step; returns the token records that became known.
+
+        With overlap on, a decode step's tokens are read one call later, right after the
+        next decode step was queued: records then trail the launches by one step, and a
+        request that stops on a stop token costs one discarded row in the step after.
+        """
         records, self._pending = self._pending, []
+        if self._inflight is not None:
+            launched, self._inflight = self._inflight, None
+            self._inflight = self._chain_decode(launched)
+            return records + self._collect(launched)
         for req in [r for r in self.requests.values() if r.cancel_requested]:
             records.append(self._finish(req, FinishReason.CANCELLED))
         chunks = self.scheduler.schedule()
         self.stats.preemptions = self.scheduler.num_preemptions
         if not chunks:
             return records
+        launched = self._launch(chunks)
+        if launched is None:
+            return records
+        if self.overlap and len(launched.chunks) == len(chunks):
+            self._inflight = launched          # read at the next call, after the next launch
+            return records
+        return records + self._collect(launched)
+
+    # --- internals --------------------------------------------------------------------------------
+    def _launch(self, chunks: list[ScheduledChunk], device_ids: torch.Tensor | None = None
+                ) -> "_Launched | None":
+        """Forward the chunks and queue the sampling of those that sample."""
         self.stats.steps += 1
-        logits = self._run_model(chunks)
+        logits = self._run_model(chunks, device_ids)
         sampling = [c for c in chunks if c.samples]
         for c in chunks:
-            req = c.request
-            req.num_computed = c.end
+            c.request.num_computed = c.end
             if c.is_decode:
                 self.stats.decode_tokens += 1
             else:
                 self.stats.prefill_tokens_computed += c.num_new
+            if c.request.cacheable and not c.samples:   # sampling ones: once their token is read
+                self._register_full_blocks(c.request)
+        if not sampling:
+            return None
+        return _Launched(sampling, sample_on_device(logits, [c.request.sampler for c in sampling]))
+
+    def _collect(self, launched: "_Launched") -> list[TokenRecord]:
+        """Read a launched step's tokens and append them to their requests."""
+        result = launched.draws.to_host()
+        records = []
+        for i, c in enumerate(launched.chunks):
+            req = c.request
+            if req.status is RequestStatus.FINISHED:
+                continue     # stopped (or cancelled) after this row was queued: discard it
             if req.cacheable:
                 self._register_full_blocks(req)
-        if sampling:
-            result = sample(logits, [c.request.sampler for c in sampling])
-            for i, c in enumerate(sampling):
-                records.append(self._append_token(c.request, result.token_ids[i],
-                                                  result.logprobs[i], result.top_logprobs[i]))
+            records.append(self._append_token(req, result.token_ids[i], result.logprobs[i],
+                                              result.top_logprobs[i]))
         return records
 
-    # --- internals --------------------------------------------------------------------------------
-    def _run_model(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """Forward all scheduled rows; logits [n_sampling, V] of the rows that sample."""
+    def _chain_decode(self, launched: "_Launched") -> "_Launched | None":
+        """Queue the decode step after `launched` before its tokens are read, feeding its
+        sampled ids to the next forward on the device. Only in the steady state: every
+        running request decoding, nothing waiting, cancelled or pending, blocks to spare.
+        Requests that reach max_tokens or max_model_len with the launched token are left
+        out; a request that stops on a stop token is only known after, so its row in the
+        chained step is computed and discarded (its KV write lands in its own, freed block,
+        ordered on the stream before any reuse)."""
+        live = [c for c in launched.chunks if c.request.status is RequestStatus.RUNNING]
+        if (self._pending or self.scheduler.waiting or len(self.scheduler.running) != len(live)
+                or any(r.cancel_requested for r in self.requests.values())):
+            return None
+        keep, chunks = [], []
+        for i, c in enumerate(launched.chunks):
+            req = c.request
+            if req.status is not RequestStatus.RUNNING:
+                continue                           # stopped after this row was queued
+            k = len(req.output_ids) + 1            # the launched token's place in the output
+            if k >= req.params.max_tokens or req.num_tokens + 1 >= self.max_model_len:
+                continue                           # ends with the launched token: no next row
+            if not self.scheduler.reserve(req, c.end + 1):
+                return None                        # short of blocks: schedule() may preempt
+            keep.append(i)
+            chunks.append(ScheduledChunk(req, c.end, 1, chained=True))
+        if not chunks:
+            return None
+        ids = launched.draws.token_ids
+        if len(keep) < len(launched.chunks):
+            ids = ids.index_select(0, torch.tensor(keep, device=ids.device))
+        self.stats.chained_steps += 1
+        return self._launch(chunks, device_ids=ids)
+
+    def _run_model(self, chunks: list[ScheduledChunk], device_ids: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Forward all scheduled rows; logits [n_sampling, V] of the rows that sample.
+
+        device_ids: the rows' input tokens as a device tensor (a chained decode step, whose
+        inputs were sampled but not read yet); else they come from the requests.
+        """
         bs = self.config.block_size
         decodes = [c for c in chunks if c.is_decode]
         if self.graphs is not None and len(decodes) == len(chunks):
             out = self.graphs.try_run(
-                ids=[c.request.token_ids(c.start, c.end)[0] for c in chunks],
+                ids=device_ids if device_ids is not None
+                else [c.request.token_ids(c.start, c.end)[0] for c in chunks],
                 positions=torch.cat([c.request.position_ids(c.start, c.end) for c in chunks], 1),
                 slots=[c.request.blocks[c.start // bs] * bs + c.start % bs for c in chunks],
                 block_tables=[c.request.blocks for c in chunks],
@@ -224,7 +302,8 @@ class LLMEngine:
         row = 0
         for c in chunks:
             req = c.request
-            ids.extend(req.token_ids(c.start, c.end))
+            if device_ids is None:
+                ids.extend(req.token_ids(c.start, c.end))
             positions.append(req.position_ids(c.start, c.end))
             slots.extend(req.blocks[t // bs] * bs + t % bs for t in range(c.start, c.end))
             if not c.is_decode:
@@ -233,7 +312,8 @@ class LLMEngine:
             if c.samples:
                 sample_rows.append(row - 1)
         dev = self.device
-        ids_t = _to_device(torch.tensor(ids, dtype=torch.long), dev)
+        ids_t = device_ids if device_ids is not None \
+            else _to_device(torch.tensor(ids, dtype=torch.long), dev)
         embeds = self.model.embed(ids_t)
         for c, start in prefill:
             for offsets, rows in c.request.embedding_rows(c.start, c.end):
@@ -337,6 +417,14 @@ class LLMEngine:
         if req is None:
             raise EngineError(f"unknown request {request_id!r}")
         return req
+
+
+@dataclass
+class _Launched:
+    """A step queued on the device: its sampling chunks (row order) and their draws."""
+
+    chunks: list[ScheduledChunk]
+    draws: DeviceSample
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -112,7 +112,7 @@ class StepAttention:
         rotation and cache write are one kernel."""
         cache = self.cache
         hkv, d = cache.kv_heads, cache.head_dim
-        if not kernels.enabled(qkv):
+        if not kernels.enabled(qkv, "rope"):
             return self.attend(layer_idx, *split_rotate(qkv, cos, sin, heads, hkv, d))
         from kernels.rope import rope_qkv
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
@@ -155,7 +155,7 @@ class StepAttention:
         pass
 
     def _attend_decode(self, q, kc, vc):
-        if kernels.enabled(q):
+        if kernels.enabled(q, "attention"):
             from kernels.attention import paged_decode_attention
             return paged_decode_attention(q, kc, vc, self.decode_block_table,
                                           self.decode_context_lens)

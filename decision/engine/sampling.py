@@ -105,8 +105,55 @@ class SampleResult:
     top_logprobs: list[list[tuple[int, float]]]
 
 
+class DeviceSample:
+    """A step's draws, still on the device, already on their way to pinned host memory.
+
+    The copies are queued right behind the sampling kernels, so `to_host()` waits for this
+    step only: the engine may queue the next step's forward before reading these tokens.
+    """
+
+    def __init__(self, token_ids: torch.Tensor, logprob_rows: list[int],
+                 chosen_logprobs: torch.Tensor | None, top_values: torch.Tensor | None,
+                 top_ids: torch.Tensor | None, top_k: list[int]):
+        self.token_ids = token_ids          # [B] long, on the device (input of a next step)
+        self.logprob_rows, self.top_k = logprob_rows, top_k
+        parts = [token_ids, chosen_logprobs, top_values, top_ids]
+        self._host = [None if t is None else _to_host_async(t) for t in parts]
+        self._ready = None
+        if token_ids.is_cuda:
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def to_host(self) -> SampleResult:
+        if self._ready is not None:
+            self._ready.synchronize()
+        ids, chosen_lp, top_vals, top_ids = [None if t is None else t.tolist() for t in self._host]
+        b = len(ids)
+        lp_out: list[float | None] = [None] * b
+        top_out: list[list[tuple[int, float]]] = [[] for _ in range(b)]
+        for j, i in enumerate(self.logprob_rows):
+            lp_out[i] = chosen_lp[j]
+            k = self.top_k[j]
+            if k and top_ids is not None:
+                top_out[i] = list(zip(top_ids[j][:k], top_vals[j][:k]))
+        return SampleResult(token_ids=ids, logprobs=lp_out, top_logprobs=top_out)
+
+
+def _to_host_async(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
 def sample(logits: torch.Tensor, states: list[SamplerState]) -> SampleResult:
-    """Pick one token per row of `logits` [B, V] according to each row's state.
+    """Pick one token per row of `logits` [B, V] according to each row's state."""
+    return sample_on_device(logits, states).to_host()
+
+
+def sample_on_device(logits: torch.Tensor, states: list[SamplerState]) -> DeviceSample:
+    """`sample` without waiting for the result: draws, penalty state updates and logprobs
+    are queued on the device; the returned DeviceSample reads them.
 
     Logprobs are those of the model's distribution (log_softmax of the raw logits, before
     penalties and temperature), as vLLM reports them by default.
@@ -134,25 +181,16 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> SampleResult:
 
     _update_counts(chosen, states)
 
-    # One transfer for everything the host needs: ids, chosen logprobs, top-k.
-    token_ids = chosen.tolist()
-    lp_out: list[float | None] = [None] * b
-    top_out: list[list[tuple[int, float]]] = [[] for _ in range(b)]
-    if raw_logprobs is not None:
-        rows = [i for i in range(b) if want_logprobs[i]]
+    rows = [i for i in range(b) if want_logprobs[i]]
+    chosen_lp = top_vals = top_ids = None
+    if rows:
         idx = torch.tensor(rows, device=logits.device)
-        chosen_lp = raw_logprobs[idx].gather(1, chosen[idx, None]).squeeze(1).tolist()
+        chosen_lp = raw_logprobs[idx].gather(1, chosen[idx, None]).squeeze(1)
         kmax = max(states[i].params.logprobs for i in rows)
-        top_vals = top_ids = None
         if kmax > 0:
             top_vals, top_ids = raw_logprobs[idx].topk(kmax, dim=-1)
-            top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
-        for j, i in enumerate(rows):
-            lp_out[i] = chosen_lp[j]
-            k = states[i].params.logprobs
-            if k and top_ids is not None:
-                top_out[i] = list(zip(top_ids[j][:k], top_vals[j][:k]))
-    return SampleResult(token_ids=token_ids, logprobs=lp_out, top_logprobs=top_out)
+    return DeviceSample(chosen, rows, chosen_lp, top_vals, top_ids,
+                        [states[i].params.logprobs for i in rows])
 
 
 def _apply_penalties(logits: torch.Tensor, states: list[SamplerState]) -> torch.Tensor:

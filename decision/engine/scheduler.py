@@ -20,6 +20,9 @@ class ScheduledChunk:
     request: Request
     start: int          # first token index computed this step
     num_new: int
+    # Queued before its input token was read (the engine's overlapped decode): it extends
+    # the sequence by that token, so it samples though num_tokens does not count it yet.
+    chained: bool = False
 
     @property
     def end(self) -> int:
@@ -28,7 +31,7 @@ class ScheduledChunk:
     @property
     def samples(self) -> bool:
         """The chunk reaches the last known token, so its last row yields a new token."""
-        return self.end == self.request.num_tokens
+        return self.chained or self.end == self.request.num_tokens
 
     @property
     def is_decode(self) -> bool:
@@ -122,6 +125,13 @@ class Scheduler:
     def _allocate(self, req: Request, upto_tokens: int) -> None:
         for _ in range(self._blocks_for(upto_tokens) - len(req.blocks)):
             req.blocks.append(self.blocks.allocate())
+
+    def reserve(self, req: Request, upto_tokens: int) -> bool:
+        """Give `req` blocks up to `upto_tokens` if free ones suffice (no preemption)."""
+        if self._blocks_for(upto_tokens) - len(req.blocks) > self.blocks.num_available():
+            return False
+        self._allocate(req, upto_tokens)
+        return True
 
     def _grow(self, req: Request, upto_tokens: int) -> bool:
         """Give `req` blocks up to `upto_tokens`, preempting later requests; False if it was

@@ -33,6 +33,7 @@ def test_graph_decode_matches_transformers_and_eager(gpu_models):
         for i, p in enumerate(ps):
             engine.add_request(f"r{i}", p, SamplingParams(max_tokens=20 + 5 * i))
         outs[graphs], _ = run_to_end(engine)
+        assert engine.stats.chained_steps > 10     # overlapped decode is on by default on CUDA
         if graphs:
             assert engine.stats.graph_steps > 10
             # batch 3 padded to the captured size 4

@@ -104,3 +104,20 @@ def test_paged_decode_attention_matches_dense_softmax(dtype, heads, kv_heads):
         ref = torch.einsum("hn,nhd->hd", scores.softmax(-1), vals)
         tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(out[b].float(), ref, **tol, msg=lambda m: f"sequence {b}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_matches_linear(dtype, rows, with_bias):
+    from kernels.gemv import gemv
+    gen = torch.Generator().manual_seed(rows)
+    out_features, in_features = 300, 1100      # neither a multiple of the kernels' tiles
+    x = torch.randn(rows, in_features, generator=gen).to(DEVICE, dtype)
+    w = (torch.randn(out_features, in_features, generator=gen) * 0.05).to(DEVICE, dtype)
+    b = torch.randn(out_features, generator=gen).to(DEVICE, dtype) if with_bias else None
+    ref = F.linear(x.float(), w.float(), None if b is None else b.float())
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=2e-2)
+    torch.testing.assert_close(gemv(x, w, b).float(), ref, **tol)
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        gemv(torch.zeros(17, in_features, device=DEVICE, dtype=dtype), w)
