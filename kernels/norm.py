@@ -19,31 +19,30 @@ def _rms(x, w, eps, n_cols, out_ty: tl.constexpr):
 
 
 @triton.jit
+def _load_f32(ptr, offsets, mask):
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    at, mask = tl.program_id(0).to(tl.int64) * n_cols + cols, cols < n_cols
     ty = out_ptr.dtype.element_ty
-    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * n_cols + cols, _rms(x, w, eps, n_cols, ty).to(ty), mask=mask)
+    h = _rms(_load_f32(x_ptr, at, mask), _load_f32(w_ptr, cols, mask), eps, n_cols, ty)
+    tl.store(out_ptr + at, h.to(ty), mask=mask)
 
 
 @triton.jit
 def _add_norm_pair_kernel(res_ptr, a_ptr, w_post_ptr, w_next_ptr, res_out_ptr, h_out_ptr,
                           n_cols, eps_post, eps_next, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    at, mask = tl.program_id(0).to(tl.int64) * n_cols + cols, cols < n_cols
     ty = res_out_ptr.dtype.element_ty
-    a = tl.load(a_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    w_post = tl.load(w_post_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    res = tl.load(res_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    r = (res + _rms(a, w_post, eps_post, n_cols, ty)).to(ty)
-    tl.store(res_out_ptr + row * n_cols + cols, r, mask=mask)
-    w_next = tl.load(w_next_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    h = _rms(r.to(tl.float32), w_next, eps_next, n_cols, ty)
-    tl.store(h_out_ptr + row * n_cols + cols, h.to(ty), mask=mask)
+    post = _rms(_load_f32(a_ptr, at, mask), _load_f32(w_post_ptr, cols, mask), eps_post, n_cols, ty)
+    r = (_load_f32(res_ptr, at, mask) + post).to(ty)
+    tl.store(res_out_ptr + at, r, mask=mask)
+    h = _rms(r.to(tl.float32), _load_f32(w_next_ptr, cols, mask), eps_next, n_cols, ty)
+    tl.store(h_out_ptr + at, h.to(ty), mask=mask)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
