@@ -338,7 +338,9 @@ class LLMEngine:
         return self.model.logits(hidden[_to_device(torch.tensor(sample_rows), dev)])
 
     def _register_full_blocks(self, req: Request) -> None:
-        full = req.num_computed // self.config.block_size
+        # Only blocks whose token ids are all known: a chained step computes a position whose
+        # input token is still on the device, and a block's key is made from its tokens.
+        full = min(req.num_computed, req.num_tokens) // self.config.block_size
         if full <= req.num_registered:
             return
         keys = req.block_keys(full)

@@ -94,3 +94,20 @@ def test_run_to_end_helper_sees_every_token_with_overlap(decoder):
     engine.add_request("a", prompts(7)[0], SamplingParams(max_tokens=25))
     out, reasons = run_to_end(engine)
     assert len(out["a"]) == 25 and reasons["a"] is FinishReason.LENGTH
+
+
+def test_blocks_of_generated_tokens_reach_the_prefix_cache_with_overlap(decoder):
+    """A follow-up turn whose prompt repeats a chained request's output hits the blocks it
+    filled, exactly as in lockstep (block keys are made only from tokens already read)."""
+    p = prompts(6, seed=31)[0]
+    hits, outs = {}, {}
+    for overlap in (False, True):
+        engine = make_engine(decoder, overlap_decode=overlap)
+        engine.add_request("turn1", p, SamplingParams(max_tokens=23))
+        first, _ = run_to_end(engine)
+        before = engine.stats.prefix_cache_hit_tokens
+        engine.add_request("turn2", p + first["turn1"], SamplingParams(max_tokens=5))
+        outs[overlap], _ = run_to_end(engine)
+        hits[overlap] = engine.stats.prefix_cache_hit_tokens - before
+    assert hits[True] == hits[False] == 28      # a 29-token prompt: its first 7 blocks of 4
+    assert outs[True] == outs[False]
