@@ -122,6 +122,15 @@ class ModelAudioStage:
         self.tracer = _tracer(ctx)
         ctx.log(f"audio pipeline ({self.mode}, {backend} on {device}, max "
                 f"{self.pipe.max_seconds:g} s) from {self.model_dir}")
+        if device == "cuda":
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One second of silence through the pipeline before the stage reports ready, so the
+        first user's clip does not pay for the first CUDA calls (handles, lazy loads)."""
+        t0 = time.monotonic()
+        self.pipe.process(np.zeros(SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+        self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s")
 
     def _read_pcm(self, ref) -> np.ndarray:
         """Own copy of the clip; the slot goes back to the pool at once."""

@@ -97,6 +97,20 @@ class ModelVisionStage:
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
         self.put_timeout = float(ctx.params.get("put_timeout_s", 10.0))
         ctx.log(f"vision tower from {self.model_dir} on {self.device} ({self.dtype})")
+        if self.device.type == "cuda":
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One blank frame through the tower before the stage reports ready: the first CUDA
+        call of each kernel (context, cuBLAS/cuDNN handles, lazy module loads) costs seconds,
+        which the first user's image would otherwise pay."""
+        import torch
+
+        t0 = time.monotonic()
+        side = self.processor.patch_size * self.processor.merge_size * 8
+        self.embed(torch.zeros((side, side, 3), dtype=torch.uint8, device="cpu"))
+        torch.cuda.synchronize(self.device)
+        self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s")
 
     def embed(self, frame):
         """uint8 [H, W, 3] resized frame -> (CPU embeddings [n_tokens, hidden], grid)."""
