@@ -10,7 +10,9 @@ Model compute, per request (`Request` on DDS):
    audio clip (`audio0`, ...) at its placeholder positions, and only those, so a text request
    is scheduled at once and an image request waits only for the vision stage;
 3. `modality_ready` events (detail JSON ``{"key": "image0"}``) are read from the embeddings
-   slot, copied to the engine's device (`provide_modality`) and the slot given back;
+   slot and handed to the engine (`provide_modality`): on the CPU it uses the slot in place
+   and gives it back when the request ends (copied out earlier while the pool runs short),
+   on CUDA it copies to the device and the slot goes back at once;
 4. `engine.step()` runs while any request is schedulable; each step's tokens go into the
    `tokens` ring as TOKEN_RECORDs with one write (one doorbell ring), the last one carrying
    the engine's finish reason (stop / length / cancelled / error) and, when asked, logprobs;
@@ -141,6 +143,21 @@ import json  # noqa: E402
 EARLY_KEEP_S = 30.0       # embeddings announced before their request arrived are kept this long
 STATS_EVERY_S = 0.25      # engine_stats records at most this often while busy ...
 STATS_IDLE_EVERY_S = 1.0  # ... and this often while idle
+EMBED_RESERVE_FRACTION = 4  # slots the engine holds in place leave 1/4 of the pool free
+
+
+class _Release:
+    """Gives one share of a pool slot back, once (the engine's release callback)."""
+
+    __slots__ = ("pool", "ref")
+
+    def __init__(self, pool, ref):
+        self.pool, self.ref = pool, ref
+
+    def __call__(self) -> None:
+        ref, self.ref = self.ref, None
+        if ref is not None:
+            self.pool.release(ref)
 
 
 class ModelDecisionStage:
@@ -343,22 +360,33 @@ class ModelDecisionStage:
             key = json.loads(ev.detail or "{}").get("key") or ev.modality
             t_read = time.monotonic_ns()
             emb = pool.read_torch(ref)
-            try:
-                # provide_modality copies to the engine's device and dtype; on the CPU in the
-                # same dtype that would be the shm view itself, so copy before release.
-                t = emb.to(self.device, self.dtype, copy=True)
-            finally:
-                pool.release(ref)
+            # The engine uses the slot in place (no copy on the CPU) and gives it back through
+            # release() when the request ends; on CUDA it copies to the device and gives the
+            # slot back at once. It calls release() even when it refuses the rows.
+            self.engine.provide_modality(rid, key, emb, release=_Release(pool, ref))
             t_done = time.monotonic_ns()
-            self.engine.provide_modality(rid, key, t)
-            # The hand-off ends here: the slot read (and copied to the engine's device), released.
+            # The hand-off ends here: the slot read and handed to the engine.
             self.tracer.emit("decision.embed_read", rid, t_read, t_done, key=key,
                              bytes=int(ev.output.nbytes))
+            self._relieve(pool)
             self._maybe_admitted(rid)
         except Exception as e:
             self.engine.cancel(rid)
             self._upstream_failed.add(rid)
             self.ctx.fail(rid, f"decision: embeddings of {ev.modality} unusable: {e}")
+
+    def _relieve(self, pool) -> None:
+        """Keep the producers of `pool` fed: slots the engine holds in place are copied out and
+        given back while fewer than a quarter of the pool's slots are free (the vision stage
+        would wait for one; 16 slots, up to 64 running requests). Held slots only grow here,
+        and every slot a producer takes is announced to this stage, so checking on each
+        arrival is enough."""
+        if not self.engine.held_views:
+            return
+        reserve = max(1, pool.n_slots // EMBED_RESERVE_FRACTION)
+        short = reserve - pool.free_slots()
+        if short > 0:
+            self.engine.release_views(keep=True, limit=short)
 
     def _release_events(self, events) -> None:
         from runtime.compute import slot_ref
@@ -520,6 +548,7 @@ class ModelDecisionStage:
         from decision.engine import FinishReason, TokenRecord
 
         rids = list(self.engine.requests)
+        self.engine.release_views(keep=False)     # the embeddings slots it held go back
         self.engine = self._engine_cls(self.decoder, self.engine_config)   # fresh state
         self._write([TokenRecord(r, -1, -1, None, (), True, FinishReason.ERROR, detail)
                      for r in rids])
@@ -583,6 +612,7 @@ class ModelDecisionStage:
         self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s ({graphs} decode graphs)")
 
     def close(self) -> None:
+        self.engine.release_views(keep=False)
         self._token_spans.flush()
         for w in (self._writer, self._stats_writer):
             if w is not None:

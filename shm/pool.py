@@ -190,6 +190,16 @@ class WriteLoan:
         npd = self._describe(code, shape)
         return np.ndarray(shape, dtype=npd, buffer=self.pool._seg.mm, offset=self.pool._slot_offset(self.slot))
 
+    def tensor(self, shape, dtype):
+        """A writable CPU torch tensor over the slot with this shape and torch dtype (bf16
+        included), for a producer that computes straight into shared memory (`out=`)."""
+        import torch
+
+        shape = tuple(int(d) for d in shape)
+        if dtype == torch.bfloat16:
+            return torch.from_numpy(self.array(shape, BF16)).view(torch.bfloat16)
+        return torch.from_numpy(self.array(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+
     def write(self, data) -> None:
         """Copy a numpy array or torch tensor (CPU, or CUDA: one device-to-host copy) into the slot:
         a single copy straight into the shared mapping, no intermediate buffer."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache, PrefillChunk, StepAttention, plan_num_blocks
-from .request import (FinishReason, ModalityInput, Request, RequestStatus, TokenRecord)
+from .request import (FinishReason, ModalityInput, Request, RequestStatus, TokenRecord,
+                      call_release)
 from .sampling import DeviceSample, SamplerState, SamplingParams, sample_on_device
 from .scheduler import ScheduledChunk, Scheduler
 
@@ -87,6 +88,7 @@ class LLMEngine:
         self.stats = EngineStats()
         self._next_index = itertools.count()
         self._pending: list[TokenRecord] = []     # errors and cancels to report next step
+        self.held_views = 0                       # borrowed embedding views (provide_modality)
         # A step whose tokens are still on the device (see _chain_decode).
         self._inflight: _Launched | None = None
         self.overlap = cfg.overlap_decode if cfg.overlap_decode is not None \
@@ -145,23 +147,60 @@ class LLMEngine:
             self.scheduler.add(req)
         return req.index
 
-    def provide_modality(self, request_id: str, key: str, embeddings: torch.Tensor) -> None:
+    def provide_modality(self, request_id: str, key: str, embeddings: torch.Tensor,
+                         release: Callable[[], None] | None = None) -> None:
         """Deliver the embedding rows of a declared modality; the request becomes runnable
-        once all its modalities are here."""
-        req = self._get(request_id)
-        if key not in req.modalities:
-            raise EngineError(f"request {request_id!r} declared no modality {key!r} "
-                              f"(declared: {sorted(req.modalities)})")
-        if req.status is not RequestStatus.WAITING_FOR_MODALITIES:
-            return  # finished (cancelled, error) or duplicate delivery: nothing to do
-        rows = len(req.modalities[key].positions)
-        if embeddings.dim() != 2 or tuple(embeddings.shape) != (rows, self.hidden_size):
-            raise EngineError(f"request {request_id!r} modality {key!r}: expected embeddings "
-                              f"[{rows}, {self.hidden_size}], got {tuple(embeddings.shape)}")
-        req.embeddings[key] = embeddings.to(device=self.device, dtype=self.dtype)
+        once all its modalities are here.
+
+        release: `embeddings` is a borrowed view (an shm slot) and release() gives it back.
+        The engine calls it exactly once, whatever happens: at once when it copies the rows
+        anyway (another device or dtype) or does not take them (error, finished request,
+        duplicate), else when the request ends; until then the view is used in place (no
+        copy). `release_views` copies held views out early (a pool running short)."""
+        try:
+            req = self._get(request_id)
+            if key not in req.modalities:
+                raise EngineError(f"request {request_id!r} declared no modality {key!r} "
+                                  f"(declared: {sorted(req.modalities)})")
+            if req.status is not RequestStatus.WAITING_FOR_MODALITIES or key in req.embeddings:
+                call_release(release)
+                return  # finished (cancelled, error) or duplicate delivery: nothing to do
+            rows = len(req.modalities[key].positions)
+            if embeddings.dim() != 2 or tuple(embeddings.shape) != (rows, self.hidden_size):
+                raise EngineError(f"request {request_id!r} modality {key!r}: expected "
+                                  f"embeddings [{rows}, {self.hidden_size}], got "
+                                  f"{tuple(embeddings.shape)}")
+            rows_t = embeddings.to(device=self.device, dtype=self.dtype)
+        except BaseException:
+            call_release(release)
+            raise
+        req.embeddings[key] = rows_t
+        if release is not None:
+            if rows_t is embeddings:     # used in place: hold the view until the request ends
+                req.borrowed[key] = release
+                self.held_views += 1
+            else:                        # copied to the device (CUDA) or dtype: give it back
+                call_release(release)
         if not req.missing_modalities():
             req.status = RequestStatus.WAITING
             self.scheduler.add(req)
+
+    def release_views(self, keep: bool = True, limit: int | None = None) -> int:
+        """Give back up to `limit` borrowed embedding views (see provide_modality), those of
+        requests past their prefill first (they need them only if preempted); with `keep`
+        each is copied first, so its request runs on unchanged. keep=False only for an
+        engine being discarded. Returns how many were given back."""
+        if not self.held_views:
+            return 0
+        holders = [r for r in self.requests.values() if r.borrowed]
+        holders.sort(key=lambda r: (r.num_computed < r.num_prompt, r.index))
+        n = 0
+        for req in holders:
+            n += req.release_views(keep, None if limit is None else limit - n)
+            if limit is not None and n >= limit:
+                break
+        self.held_views -= n
+        return n
 
     def cancel(self, request_id: str) -> None:
         """Stop a request; it ends with "cancelled" in the next step's records."""
@@ -366,6 +405,7 @@ class LLMEngine:
         self.stats.prefix_cache_hit_tokens += req.cached_prompt_tokens
         req.status = RequestStatus.FINISHED
         req.finish_reason, req.error = reason, error
+        self.held_views -= req.release_views(keep=False)   # borrowed slots go back now
         req.embeddings.clear()
         self.requests.pop(req.request_id, None)
         record = TokenRecord(req.request_id, req.index, -1, None, (), True, reason, error)

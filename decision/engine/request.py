@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -72,6 +72,11 @@ class Request:
         self.modality_positions = {m.key: torch.as_tensor(list(m.positions), dtype=torch.long)
                                    for m in modalities}
         self.embeddings: dict[str, torch.Tensor] = {}
+        # Embeddings that are borrowed views (an shm slot): key -> the callback giving the
+        # view back. They stay valid until released: a preempted request recomputes its
+        # prompt, image rows included, so a view is held until the request ends (or copied
+        # out first, see release_views).
+        self.borrowed: dict[str, Callable[[], None]] = {}
         self.inputs_embeds = inputs_embeds
         self.cacheable = cacheable
         # Roots the key chain: requests with different salts never share blocks.
@@ -130,6 +135,22 @@ class Request:
     def missing_modalities(self) -> list[str]:
         return [k for k in self.modalities if k not in self.embeddings]
 
+    def release_views(self, keep: bool, limit: int | None = None) -> int:
+        """Give back borrowed embedding views (at most `limit`); with `keep`, each is first
+        copied into memory of its own (the request may still need it). Returns how many."""
+        n = 0
+        for key in list(self.borrowed):
+            if limit is not None and n >= limit:
+                break
+            release = self.borrowed.pop(key)
+            if keep and key in self.embeddings:
+                self.embeddings[key] = self.embeddings[key].clone()
+            else:
+                self.embeddings.pop(key, None)
+            call_release(release)
+            n += 1
+        return n
+
     def content_hash(self, key: str) -> str:
         m = self.modalities[key]
         if m.content_hash is not None:
@@ -155,3 +176,14 @@ class Request:
                 b"salt:" + self.cache_salt.encode() if self.cache_salt is not None else None)
             self._keys.append(block_key(prev, self.token_ids(start, end), tuple(extra)))
         return self._keys[:n_blocks]
+
+
+def call_release(release: Callable[[], None] | None) -> None:
+    """Give a borrowed view back; a failing release (the slot was reclaimed meanwhile) must not
+    take the engine down, and the view is dropped either way."""
+    if release is None:
+        return
+    try:
+        release()
+    except Exception:
+        pass

@@ -123,9 +123,13 @@ class PatchMerger(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
         self.act = activation(act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """out: where the result goes (e.g. a shared-memory slot), saving a copy."""
         x = F.gelu(self.post_projection_norm(self.proj(x)))
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)
+        if out is None:
+            return self.down_proj(h)
+        return torch.mm(h, self.down_proj.weight.t(), out=out)   # F.linear without bias
 
 
 class WeightAndBias(nn.Module):

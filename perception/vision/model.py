@@ -85,8 +85,12 @@ class VisionTower(nn.Module):
         return self.post_layernorm.weight.device
 
     # ---- forward ------------------------------------------------------------------------
-    def forward(self, pixel_values: torch.Tensor, grid_thw: Sequence[Grid]) -> torch.Tensor:
-        """[n_patches, C*T*p*p] patches of the images in `grid_thw` -> [n_tokens, out_hidden]."""
+    def forward(self, pixel_values: torch.Tensor, grid_thw: Sequence[Grid],
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_patches, C*T*p*p] patches of the images in `grid_thw` -> [n_tokens, out_hidden].
+
+        out: a [n_tokens, out_hidden] tensor of the tower's device and dtype that receives
+        the result (the vision stage passes a loaned shm slot: no copy after the tower)."""
         grids = [tuple(int(v) for v in g) for g in grid_thw]
         lengths = self._check_input(pixel_values, grids)
         x = pixel_values.to(device=self.device, dtype=self.dtype)
@@ -107,7 +111,7 @@ class VisionTower(nn.Module):
         groups = x.view(-1, m2, x.shape[-1]).transpose(1, 2).reshape(-1, m2 * x.shape[-1])
         ds = self.downsample
         x = F.linear(groups, ds.weight.view(ds.weight.shape[0], -1), ds.bias)
-        return self.merger(x)
+        return self.merger(x, out=out)
 
     @torch.inference_mode()
     def encode(self, images: Sequence[ProcessedImage]) -> list[torch.Tensor]:

@@ -112,14 +112,26 @@ class ModelVisionStage:
         torch.cuda.synchronize(self.device)
         self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s")
 
-    def embed(self, frame):
-        """uint8 [H, W, 3] resized frame -> (CPU embeddings [n_tokens, hidden], grid)."""
+    def embed(self, frame, loan=None):
+        """uint8 [H, W, 3] resized frame -> (embeddings [n_tokens, hidden], grid).
+
+        With a shm WriteLoan on the CPU the tower's last matmul writes straight into the
+        slot and the embeddings returned are that slot; on CUDA they come back on the device
+        (the loan's write() then makes the one device-to-host copy into the slot)."""
         import torch
 
         pixels, grid = self.patchify(frame)
+        out = None
+        if loan is not None and self.device.type == "cpu":
+            out = loan.tensor((self.tower.num_tokens(grid), self.tower.cfg.out_hidden_size),
+                              self.dtype)
         with torch.inference_mode():
-            emb = self.tower(pixels, [grid])
-        return emb.to("cpu"), grid
+            emb = self.tower(pixels, [grid], out=out)
+        if loan is None:
+            emb = emb.to("cpu")
+        elif out is None:
+            loan.write(emb)
+        return emb, grid
 
     def on_request(self, req) -> None:
         import json
@@ -133,22 +145,31 @@ class ModelVisionStage:
         rid = req.request_id
         self.ctx.begin(rid)
         tracer = self.ctx.tracer
+        pool = self.ctx.pool(self.out_channel)
         for n, i in enumerate(at):
             ref = slot_ref(req.media[i])
+            loan = None
             try:
                 frames = self.ctx.pool(ref.channel)
                 t0 = time.monotonic_ns()
-                try:
-                    frame = np.array(frames.read(ref))  # own copy: the slot goes back at once
-                finally:
-                    frames.release(ref)
+                frame = frames.read_torch(ref)    # in place: given back once patchified
+                frame_bytes = frame.numel()
                 t1 = time.monotonic_ns()
-                emb, grid = self.embed(frame)
+                # The output slot is loaned before the tower runs, which then computes into
+                # it: the embeddings never take another copy on their way to the decision.
+                try:
+                    loan = pool.acquire(self.put_timeout)
+                    ta = time.monotonic_ns()
+                    emb, grid = self.embed(frame, loan)
+                finally:
+                    del frame
+                    frames.release(ref)
                 t2 = time.monotonic_ns()
-                out = self.ctx.pool(self.out_channel).put(emb, readers=1,
-                                                          timeout=self.put_timeout)
+                out = loan.commit(readers=1)
                 t3 = time.monotonic_ns()
             except Exception as e:  # the request fails, the stage lives on
+                if loan is not None:
+                    loan.abort()
                 for j in at[n + 1:]:  # give back the frames this request will never read
                     try:
                         self.ctx.pool(req.media[j].channel).release(slot_ref(req.media[j]))
@@ -157,16 +178,20 @@ class ModelVisionStage:
                 self.ctx.fail(rid, f"vision: image {n}: {e}")
                 return
             nbytes = emb.numel() * emb.element_size()
+            n_tokens = int(emb.shape[0])
+            del emb                              # the slot is the decision stage's now
             self.ctx.emit("modality_ready", rid, modality=MODALITY,
-                          output=shm_ref(out, nbytes), n_tokens=emb.shape[0],
+                          output=shm_ref(out, nbytes), n_tokens=n_tokens,
                           grid_thw=list(grid), detail=json.dumps({"key": f"image{n}"}))
             # Spans after the event, so the decision stage never waits on them; a failing
-            # image leaves none. Frame taken from shm, processor + tower + merger, embeddings
-            # written into shm.
-            tracer.emit("vision.frame_read", rid, t0, t1, image=n, bytes=frame.nbytes)
-            tracer.emit("vision.encode", rid, t1, t2, image=n, tokens=int(emb.shape[0]),
+            # image leaves none. Frame taken from shm; processor + tower + merger (computing
+            # into the loaned slot); the hand-off: slot loaned (acquire_ns) and committed.
+            tracer.emit("vision.frame_read", rid, t0, t1, image=n,
+                        bytes=frame_bytes)
+            tracer.emit("vision.encode", rid, ta, t2, image=n, tokens=n_tokens,
                         grid=list(grid))
-            tracer.emit("vision.shm_write", rid, t2, t3, image=n, bytes=nbytes)
+            tracer.emit("vision.shm_write", rid, t2, t3, image=n, bytes=nbytes,
+                        acquire_ns=ta - t1)
         self.ctx.finish(rid, n_tokens=len(at))
 
 

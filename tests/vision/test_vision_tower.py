@@ -148,3 +148,34 @@ def test_bad_inputs_are_named(tower, images):
         tower(pixels[:, :588], [images[0].grid_thw])
     with pytest.raises(ValueError, match="multiples of 2"):
         tower(pixels, [(1, 7, pixels.shape[0] // 7)])
+
+
+def test_forward_into_a_loaned_shm_slot_equals_the_plain_forward(tower, hf_model, images):
+    """The vision stage's write path: the merger's last matmul writes straight into a slot
+    (WriteLoan.tensor); what the consumer reads is the tower's output, bit for bit."""
+    import os
+    import uuid
+
+    from shm import Instance
+
+    pixels = torch.from_numpy(images[0].pixel_values)
+    grid = images[0].grid_thw
+    with torch.inference_mode():
+        plain = tower(pixels, [grid])
+    inst = Instance.create(f"t-vis-out-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                           handle_signals=False)
+    try:
+        pool = inst.create_pool("embeddings", 1 << 20, 2)
+        loan = pool.acquire(timeout=1.0)
+        dst = loan.tensor((tower.num_tokens(grid), VISION["out_hidden_size"]), torch.float32)
+        with torch.inference_mode():
+            got = tower(pixels, [grid], out=dst)
+        assert got.data_ptr() == dst.data_ptr()            # no copy after the tower
+        ref = loan.commit(readers=1)
+        with pool.view(ref) as arr:
+            read = torch.from_numpy(np.array(arr))
+        assert torch.equal(read, plain)
+        assert_close(read, reference_features(hf_model, images[:1])[0])
+        assert pool.free_slots() == 2
+    finally:
+        inst.close()
