@@ -95,6 +95,10 @@ def torch_device_dtype(ctx):
         raise ValueError(f"stages.{ctx.name}.params.dtype: must be one of {', '.join(names)}, "
                          f"got {name!r}")
     dtype = names[name] or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if device.type == "cuda":
+        # cuDNN's attention builds an execution plan for every new sequence length, and every
+        # prompt and image brings one: flash / memory-efficient SDPA need none.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if device.type == "cpu":
         import os
         # One thread per pinned core: more would fight over the same core.
