@@ -80,6 +80,12 @@ class ChatRequest:
         return sum(isinstance(p, ImagePart) for m in self.messages if not isinstance(m.content, str)
                    for p in m.content)
 
+    @property
+    def has_media(self) -> bool:
+        """Any image or audio part (whose decoding is slow enough for a worker thread)."""
+        return any(not isinstance(p, TextPart) for m in self.messages
+                   if not isinstance(m.content, str) for p in m.content)
+
     def is_deterministic(self) -> bool:
         """Greedy or seeded: the same request gives the same tokens (what the cache relies on)."""
         return self.temperature == 0.0 or self.seed is not None
