@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "launch.launch_cli",
     "launch.node_cli",
     "launch.topic_cli",
+    "launch.param_cli",
     "execution.cli",
     "profiler.cli",
 ]

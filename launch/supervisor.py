@@ -88,6 +88,11 @@ class Supervisor:
         self.r_hb = self.plane.reader(t.HEARTBEAT)
         self.r_state = self.plane.reader(t.STAGE_STATE)
         self.r_event = self.plane.reader(t.STAGE_EVENT)
+        # Config values are kept alive here: a transient-local value reaches stages that start
+        # later (restarts) only while some writer still holds it, and the CLI or script that
+        # set it usually exits at once.
+        self.r_config = self.plane.reader(t.CONFIG)
+        self.w_config = self.plane.writer(t.CONFIG)
 
     # --- processes ----------------------------------------------------------------------
     def command(self, sp: StageProcess) -> list[str]:
@@ -143,6 +148,12 @@ class Supervisor:
                 self.start(sp)
 
     def _read_dds(self, now: float) -> None:
+        from control.messages import ConfigValue
+
+        for cfg in self.r_config.take(0):
+            if cfg.source != SUPERVISOR_NODE:   # same request id: stages apply it once
+                self.w_config.write(ConfigValue(name=cfg.name, request_id=cfg.request_id,
+                                                value_json=cfg.value_json))
         for hb in self.r_hb.take(0):
             sp = self.stages.get(hb.stage)
             if sp and sp.popen and hb.pid == sp.popen.pid and not sp.down:

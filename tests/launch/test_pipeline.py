@@ -330,3 +330,25 @@ def test_a_hung_stage_is_marked_dead_within_3s_of_its_last_heartbeat(pipeline, c
     st, _ = _wait_state(client, "audio", lambda s: s.state == "ready" and s.pid != pid, 60)
     pipeline.initial_pids["audio"] = st.pid
     assert len(client.wait(client.submit(audio=AUDIO), timeout=20)) == 6
+
+
+def test_param_cli_sets_a_value_that_outlives_the_cli_and_reaches_a_restarted_stage(pipeline, client):
+    """`autoglm param set` waits for every stage to apply the value; the launcher keeps it,
+    so a stage restarted after the CLI exited applies it too, once."""
+    r = cli("param", "set", "test.param", "7", "--instance", pipeline.instance, "--json")
+    out = json.loads(r.stdout)
+    assert out["value"] == 7 and sorted(out["applied"]) == sorted(STAGES) and out["missing"] == []
+    listed = json.loads(cli("param", "list", "--instance", pipeline.instance, "--json").stdout)
+    assert listed["test.param"] == 7
+    old = pipeline.initial_pids["gateway"]
+    os.kill(old, signal.SIGKILL)
+    st, _ = _wait_state(client, "gateway", lambda s: s.state == "ready" and s.pid != old, 60)
+    pipeline.initial_pids["gateway"] = st.pid
+    _wait_state(client, "gateway", lambda s: s.pid == st.pid and "config test.param=7 applied" in s.detail, 10)
+
+
+def test_param_cli_names_the_problem():
+    r = cli("param", "set", "x", "1", "--instance", "no-such-pipeline-here", check=False, timeout=30)
+    assert r.returncode != 0 and "no live stage in instance 'no-such-pipeline-here'" in r.stderr
+    r = cli("param", "set", " ", "1", check=False)
+    assert r.returncode != 0 and "NAME must not be empty" in r.stderr
