@@ -124,7 +124,7 @@ class StageRuntime:
         self.parent_pid = parent_pid
         self.pid = os.getpid()
         self.in_flight: dict[str, int] = {}   # request id -> start time (monotonic ns)
-        self._config_applied: dict[str, str] = {}   # config name -> request id of its value
+        self._config_seen: set[str] = set()   # request ids of the config values applied
         self._stop = threading.Event()
         self._signalled = False      # set by the signal handler only (see _on_signal)
         self._lock = threading.Lock()
@@ -255,9 +255,11 @@ class StageRuntime:
                 self.finish(rid, "error", detail=f"{self.name}: {type(e).__name__}: {e}")
 
     def _apply_config(self, cfg) -> None:
-        if self._config_applied.get(cfg.name) == cfg.request_id:
-            return      # the launcher's copy of a value already applied (it keeps values alive)
-        self._config_applied[cfg.name] = cfg.request_id
+        if cfg.request_id:
+            if cfg.request_id in self._config_seen:
+                return  # the launcher's copy of a value already applied (it keeps values
+                        # alive), which may also arrive after a newer value from elsewhere
+            self._config_seen.add(cfg.request_id)
         try:
             value = json.loads(cfg.value_json)
         except ValueError:
