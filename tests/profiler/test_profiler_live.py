@@ -65,13 +65,16 @@ def test_profile_numbers_match_injected_delays(profiled_run):
 def test_cli_json_matches_recording_and_breaks_down_the_request(profiled_run):
     doc = profiled_run["cli"]
     assert doc["spans"] == len(read_recording(profiled_run["record"])[1])
-    assert abs(doc["stages"]["vision.encode"]["p50_ms"] - DELAYS["vision.encode"]) <= 3
+    # As above: a sleep never ends early, and may end late on a loaded machine.
+    d = DELAYS["vision.encode"]
+    assert 0.95 * d <= doc["stages"]["vision.encode"]["p50_ms"] <= 1.1 * d + 1.0
     req = doc["request"]
     assert req["id"] == profiled_run["last"]
     assert [r["name"] for r in req["spans"]] == EXPECTED_ORDER
     assert req["spans"][0]["offset_ms"] == 0.0
     prefill = next(r for r in req["spans"] if r["name"] == "decision.prefill")
-    assert abs(prefill["duration_ms"] - DELAYS["decision.prefill"]) <= 4
+    d = DELAYS["decision.prefill"]
+    assert d - 0.01 <= prefill["duration_ms"] <= 1.1 * d + 10, prefill   # one span: more slack
 
 
 def test_perfetto_file_is_trace_event_json(profiled_run):
@@ -86,9 +89,11 @@ def test_perfetto_file_is_trace_event_json(profiled_run):
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {pid: f"{role} (pid {pid})" for role, pid in profiled_run["pids"].items()}
     assert all(e["tid"] == e["pid"] for e in spans)
-    # ts/dur are microseconds: a 30 ms span lasts ~30000.
+    # ts/dur are microseconds: a 30 ms sleep lasts about 30000, never much less (on a loaded
+    # machine it may run late, so the upper bound only rules out the wrong unit).
     vis = [e for e in spans if e["name"] == "vision.encode"]
-    assert all(e["ph"] == "X" and abs(e["dur"] - 30_000) <= 3_000 for e in vis)
+    assert vis and all(e["ph"] == "X" and 28_500 <= e["dur"] < 300_000 for e in vis), \
+        [e["dur"] for e in vis]
     assert all(e["ph"] == "i" for e in spans if e["name"] == "decision.first_token")
     assert min(e["ts"] for e in spans) == 0
 
