@@ -42,11 +42,16 @@ def enabled(t: torch.Tensor, kernel: str) -> bool:
     return t.is_cuda and triton_available() and kernel in _switched_on()
 
 
-def _switched_on() -> set[str]:
+@functools.cache   # read once per process: the switches are for whole runs
+def _switched_on() -> frozenset[str]:
     if os.environ.get("AUTOGLM_KERNELS", "triton") == "torch":
-        return set()
-    off = {k.strip() for k in os.environ.get("AUTOGLM_KERNELS_OFF", "").split(",")}
-    return set(KERNELS) - off
+        return frozenset()
+    off = {k.strip() for k in os.environ.get("AUTOGLM_KERNELS_OFF", "").split(",")} - {""}
+    unknown = off - set(KERNELS)
+    if unknown:
+        raise ValueError(f"AUTOGLM_KERNELS_OFF names no kernel {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(KERNELS)}")
+    return frozenset(KERNELS) - off
 
 
 def describe(device: torch.device) -> str:
