@@ -11,35 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-}
-
-
-def activation(name: str):
-    try:
-        return _ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"vision hidden_act {name!r} is not supported "
-                         f"(known: {', '.join(sorted(_ACTIVATIONS))})") from None
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in fp32, then back to the input dtype BEFORE the weight multiply, as the
-        # reference does; bf16 results depend on that order.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+from modelcore.layers import RMSNorm, SwiGLU, activation
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -83,18 +55,6 @@ class VisionAttention(nn.Module):
                     zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
             out = torch.cat(outs, dim=2)
         return self.proj(out[0].transpose(0, 1).reshape(n, -1))
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: str):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-        self.act = activation(act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class VisionBlock(nn.Module):

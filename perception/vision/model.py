@@ -21,8 +21,9 @@ from torch import nn
 
 from modelcore.checkpoint import CheckpointReader, load_module
 from modelcore.config import ModelConfig, VisionConfig
+from modelcore.layers import RMSNorm
 
-from .layers import PatchMerger, PositionTable, RMSNorm, VisionBlock, WeightAndBias
+from .layers import PatchMerger, PositionTable, VisionBlock, WeightAndBias
 from .processor import ProcessedImage
 
 CHECKPOINT_PREFIX = "model.visual."
