@@ -67,8 +67,8 @@ def test_logprobs_reach_the_api(openai_client):
 def test_langchain_chat_openai_as_the_seed_documents_use_it(pipeline):
     from langchain_openai import ChatOpenAI
 
-    # Sampled as the seed documents do (temperature 0.5), seeded so that the two calls draw
-    # the same tokens: the random model may as well draw a stop token within 6.
+    # Sampled as the seed documents do (temperature 0.5), seeded: unseeded, the random model
+    # drew a stop token within 6 in one CI run; with this seed it runs to the length limit.
     llm = ChatOpenAI(model="autoglm-phone-9b", temperature=0.5, seed=11,
                      base_url=pipeline.url + "/v1", api_key="EMPTY", max_tokens=6,
                      extra_body={"enable_thinking": True, "return_reasoning": True},
@@ -76,7 +76,7 @@ def test_langchain_chat_openai_as_the_seed_documents_use_it(pipeline):
     out = llm.invoke("Open WeChat and send hello to Alice")
     assert isinstance(out.content, str)
     reason = out.response_metadata.get("finish_reason")
-    assert reason in ("length", "stop")
+    assert reason == "length"
     pieces = list(llm.stream("Open WeChat and send hello to Alice"))
     # langchain ends with an empty "last" chunk; the finish reason rides the one before it
     assert [p.response_metadata.get("finish_reason") for p in pieces
