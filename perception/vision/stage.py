@@ -102,8 +102,8 @@ class ModelVisionStage:
 
     def _warm_up(self) -> None:
         """One blank frame through the tower before the stage reports ready: the first CUDA
-        call of each kernel (context, cuBLAS/cuDNN handles, lazy module loads) costs seconds,
-        which the first user's image would otherwise pay."""
+        call of each kernel (context, cuBLAS handles, lazy module loads) took about a second
+        on an H100, which the first user's image would otherwise pay."""
         import torch
 
         t0 = time.monotonic()
