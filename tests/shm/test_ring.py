@@ -36,18 +36,31 @@ from shm import Ring
 ring = Ring.attach(sys.argv[1], "tok")
 w = ring.writer(doorbell=True)
 print("go", flush=True)
-for i in range(int(sys.argv[2])):
+n, batch = int(sys.argv[2]), int(sys.argv[3])
+i = 0
+while i < n:
     # every field derives from i: a torn record would show a mismatch
-    w.write((i % 2**32, i % 2**31, i * 7, [i] * 5))
+    if batch == 1:
+        w.write((i % 2**32, i % 2**31, i * 7, [i] * 5))
+        i += 1
+    else:  # write_many in batches of 1..batch (single, contiguous and wrapping writes)
+        k = min(n - i, 1 + i % batch)
+        recs = np.zeros(k, dtype=ring.record_dtype)
+        v = np.arange(i, i + k)
+        recs["req"], recs["tok"], recs["check"] = v, v, v * 7
+        recs["pad"] = v[:, None]
+        w.write_many(recs)
+        i += k
 print("done", flush=True)
 """
 
 
-def test_concurrent_writer_never_gives_torn_records(inst, children):
+@pytest.mark.parametrize("batch", [1, 5])
+def test_concurrent_writer_never_gives_torn_records(inst, children, batch):
     n = 30000
     ring = inst.create_ring("tok", TOKEN, 64)
     r = ring.reader(start="oldest")
-    p = python_c(HAMMER, inst.name, str(n))
+    p = python_c(HAMMER, inst.name, str(n), str(batch))
     children.append(p)
     wait_line(p, "go")
     got = lost = 0
@@ -153,6 +166,35 @@ def test_asyncio_reader(inst):
 
     first, empty = asyncio.run(main())
     assert first.records["tok"].tolist() == [4] and len(empty.records) == 0
+    r.close()
+    w.close()
+
+
+def test_watching_reader_gets_every_record_from_the_loop(inst, children):
+    """watch(): records come to the callback from the event loop's selector, in order, for
+    single and batched writes of another process; unwatch() stops the deliveries."""
+    ring = inst.create_ring("tok", TOKEN, 1024)  # holds all 500: a slow loop loses none
+    r = ring.reader()
+    got, losses = [], []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r.watch(loop, lambda b: (got.extend(b.records["tok"].tolist()), losses.append(b.lost)))
+        p = python_c(HAMMER, inst.name, "500", "5")
+        children.append(p)
+        deadline = time.monotonic() + 30
+        while len(got) + sum(losses) < 500 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        r.unwatch()
+        assert p.wait(EXIT_TIMEOUT_S) == 0
+
+    asyncio.run(main())
+    assert sum(losses) == 0 and got == list(range(500))
+    w = ring.writer()
+    w.write((1, 999, 0, [0] * 5))
+    time.sleep(0.05)
+    assert got[-1] == 498 + 1  # nothing more after unwatch(); the record waits for a read
+    assert r.read(timeout=0).records["tok"].tolist() == [999]
     r.close()
     w.close()
 
