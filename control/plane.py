@@ -358,6 +358,11 @@ class ReaderSet:
                 return False
             raise
 
+    def has_messages(self) -> bool:
+        """Whether some reader holds a message now, without waiting: one DDS call (about
+        1 us) instead of a take on every reader (about 8 us for five)."""
+        return self.wait(0)
+
     def close(self) -> None:
         """Delete the WaitSet (the readers stay open)."""
         if not self.plane.closed:

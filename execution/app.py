@@ -41,13 +41,16 @@ from .streaming import (DONE, ChunkBuilder, completion_body, logprobs_dict, new_
 log = logging.getLogger("autoglm.gateway")
 
 
-def _trace_prepare(client, request_id: str, t_arrival: float, t_prepare: float) -> None:
+def _trace_prepare(client, request_id: str, t_arrival: float, t_prepare: float,
+                   t_prepared: float) -> None:
     """gateway.receive (arrival .. prepare starts) and gateway.media_decode (prepare) spans,
-    when the pipeline client carries a tracer (profiler.emit.SpanEmitter)."""
+    when the pipeline client carries a tracer (profiler.emit.SpanEmitter). Called once the
+    request is on its way (two DDS writes that would otherwise delay it)."""
     tracer = getattr(client, "tracer", None)
     if tracer is not None:
         tracer.emit("gateway.receive", request_id, int(t_arrival * 1e9), int(t_prepare * 1e9))
-        tracer.emit("gateway.media_decode", request_id, int(t_prepare * 1e9))
+        tracer.emit("gateway.media_decode", request_id, int(t_prepare * 1e9),
+                    int(t_prepared * 1e9))
 
 
 class _Traced:
@@ -70,11 +73,16 @@ class _Traced:
             else:
                 await send(message)
 
-        await self.response(scope, receive, traced_send)
-        if state["done"]:
-            # From the start of the last write (the last event or the whole body) to its end.
-            self.tracer.emit("gateway.response_sent", self.request_id, state["last"],
-                             state["end"], status=getattr(self.response, "status_code", 200))
+        try:
+            await self.response(scope, receive, traced_send)
+        finally:
+            if state["done"]:
+                # From the start of the last write (the last event or the whole body) to its
+                # end.
+                self.tracer.emit("gateway.response_sent", self.request_id, state["last"],
+                                 state["end"],
+                                 status=getattr(self.response, "status_code", 200))
+            self.tracer.flush()  # the response is complete: this request's spans go out
 
 
 def _traced(response, client, request_id: str):
@@ -152,11 +160,14 @@ class Gateway:
                 # Text only: rendering and tokenising take ~0.1 ms, less than the hop to a
                 # worker thread and back (0.3-1 ms on a busy host).
                 prepared = self.preparer.prepare(chat, request_id)
-            self.metrics.observe_stage("gateway_prepare", time.monotonic() - t0)
+            t1 = time.monotonic()
+            self.metrics.observe_stage("gateway_prepare", t1 - t0)
         except APIError as err:
             return error_response(err)
         req, options = prepared.request, prepared.options
-        _trace_prepare(self.client, req.request_id, t_arrival, t0)
+
+        def trace_prepare() -> None:
+            _trace_prepare(self.client, req.request_id, t_arrival, t0, t1)
         completion_id = req.request_id
         model = self.config.served_name
         key = None
@@ -166,12 +177,13 @@ class Gateway:
             hit = self.cache.get(key)
             self.metrics.cache_lookup(hit is not None)
             if hit is not None:
+                trace_prepare()
                 return _traced(self._from_cache(chat, completion_id, hit), self.client,
                                completion_id)
 
         totals = GenerationTotals()
         deltas = self._tracked(generate(self.client, req, self._decode, options, totals),
-                               totals, t_arrival, req.arrival_time)
+                               totals, t_arrival, req.arrival_time, trace_prepare)
         want_lp = chat.logprobs
         if chat.stream:
             builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
@@ -209,35 +221,48 @@ class Gateway:
                    totals: GenerationTotals, want_lp: bool, top_n: int,
                    request_id: str = "") -> AsyncIterator[bytes]:
         tracer = getattr(self.client, "tracer", None)
-        yield builder.first()
+        # The assistant-role chunk goes out with the first delta, in one write: written
+        # first, it delayed the request's submission (which happens on the first delta's
+        # way) by a socket write.
+        head, last = builder.first(), None
         try:
             async for d in deltas:
                 lp = logprobs_dict(d.logprobs, self._token_text, top_n) if (
                     want_lp and d.logprobs) else None
                 chunk = builder.delta(d.content, d.reasoning, d.finish_reason, lp)
-                if chunk is not None:
-                    yield chunk  # resumes once the server took the chunk
+                if d.finish_reason is not None:
+                    last = chunk  # goes out with the closing events, in one write
+                elif chunk is not None:
+                    yield head + chunk  # resumes once the server took the chunk
+                    head = b""
                     if tracer is not None:
                         tracer.mark("gateway.first_chunk", request_id)
                         tracer = None
         except PipelineError as exc:
-            yield builder.error(str(exc))
-            yield DONE
+            yield head + builder.error(str(exc)) + DONE
             return
+        tail = head + (last or b"")
         if builder.include_usage:
-            yield builder.usage(usage_dict(totals.prompt_tokens, totals.completion_tokens,
-                                           totals.cached_tokens))
-        yield DONE
+            tail += builder.usage(usage_dict(totals.prompt_tokens, totals.completion_tokens,
+                                             totals.cached_tokens))
+        yield tail + DONE
+        if tracer is not None and last is not None:
+            tracer.mark("gateway.first_chunk", request_id)
 
     async def _tracked(self, deltas: AsyncIterator[OutputDelta], totals: GenerationTotals,
-                       t_arrival: float, t_submit: float) -> AsyncIterator[OutputDelta]:
-        """Pass deltas through, observing the request's latency metrics."""
+                       t_arrival: float, t_submit: float,
+                       after_submit: Callable[[], None]) -> AsyncIterator[OutputDelta]:
+        """Pass deltas through, observing the request's latency metrics; ``after_submit`` runs
+        once the request is in the pipeline (at its first delta, or at the end)."""
         m = self.metrics
         m.in_flight.labels(m.model_name).inc()
         last = None
         outcome = "abort"
         try:
             async for d in deltas:
+                if after_submit is not None:
+                    after_submit()
+                    after_submit = None
                 now = time.monotonic()
                 if d.num_new_tokens:
                     if last is None:
@@ -253,6 +278,8 @@ class Gateway:
             outcome = "error"
             raise
         finally:
+            if after_submit is not None:
+                after_submit()
             m.in_flight.labels(m.model_name).dec()
             m.finished(outcome)
             m.count_tokens(totals.prompt_tokens, totals.completion_tokens)

@@ -110,7 +110,9 @@ class ShmPipelineClient:
         # Created now, not on first use: the event topic is volatile, so the audio stage must
         # have discovered this writer before the first transcribe event is written.
         self._w_event = self._plane.writer(t.STAGE_EVENT)
-        self.tracer = SpanEmitter(self._plane)  # trace spans for `autoglm profile`
+        # Trace spans for `autoglm profile`, bundled: written once a response is complete
+        # (execution.app flushes), not one DDS write each on the request's way.
+        self.tracer = SpanEmitter(self._plane, bundle=True)
         self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
         self._state_reader = self._plane.reader(t.STAGE_STATE)
         self._ring_reader = Ring.attach(self.instance, self.channels["tokens"]).reader(start="latest")
@@ -118,8 +120,10 @@ class ShmPipelineClient:
             self._stats_reader = Ring.attach(self.instance, "engine_stats").reader(start="latest")
         except Exception:
             self._stats_reader = None  # no engine_stats ring in this instance
-        self._tasks = [asyncio.create_task(self._pump_tokens(), name="tokens-ring"),
-                       asyncio.create_task(self._pump_events(), name="stage-events")]
+        # Token records are routed from the event loop's selector callback (no task between
+        # the writer's wake-up and the request's queue).
+        self._ring_reader.watch(asyncio.get_running_loop(), self._route_tokens)
+        self._tasks = [asyncio.create_task(self._pump_events(), name="stage-events")]
 
     async def wait_for_stages(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until `count` stages read the request topic (it is volatile: a request
@@ -171,11 +175,13 @@ class ShmPipelineClient:
                 # A request written now would wait for a stage that is not there to read it.
                 raise PipelineError(f"the pipeline is not ready: {down}", retryable=True)
             try:
-                # Built and published in the worker thread: handing the message back to the
-                # event loop first put a thread-to-loop wake-up (~0.3-1 ms on a busy host)
-                # between the shm write and the decision stage. Cyclone writers are
-                # thread-safe.
-                await asyncio.to_thread(self._submit_request, req)
+                # A text-only request is published right here: its shm write is a few hundred
+                # bytes of prompt ids, and a hop to a worker thread and back cost 0.3-1 ms on
+                # a busy host. Media (a pool may make the write wait for a free slot) and a
+                # full prompts pool go through a worker thread, which also publishes (no hop
+                # back to the loop first; Cyclone writers are thread-safe).
+                if not self._submit_inline(req):
+                    await asyncio.to_thread(self._submit_request, req)
             except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
                 raise PipelineError(f"the pipeline cannot take the request now: {exc}",
                                     retryable=True) from exc
@@ -231,7 +237,20 @@ class ShmPipelineClient:
         """Put the request's media and prompt into shm and publish it (blocking)."""
         self._w_request.write(self._build_request(req))
 
-    def _build_request(self, req: PreparedRequest):
+    def _submit_inline(self, req: PreparedRequest) -> bool:
+        """Publish a text-only request without waiting for anything; False (nothing
+        written) when it has media or the prompts pool has no free slot now."""
+        if req.images or req.audios:
+            return False
+        msg = self._build_request(req, wait=False)
+        if msg is None:
+            return False
+        self._w_request.write(msg)
+        return True
+
+    def _build_request(self, req: PreparedRequest, *, wait: bool = True):
+        """The Request message, its media and prompt written into shm. With ``wait=False``
+        (text-only requests) None when the prompts pool has no free slot now."""
         from control.messages import Request, SamplingParams, pack_extra
         from runtime.compute import shm_ref
 
@@ -255,8 +274,15 @@ class ShmPipelineClient:
         ids = np.asarray(req.prompt_token_ids, dtype=np.int32)
         prompt = None
         if self._has_pool(self.channels["prompts"]):
-            prompt = shm_ref(self._pool(self.channels["prompts"]).put(
-                ids, readers=1, timeout=self.put_timeout), ids.nbytes)
+            from shm.errors import PoolExhaustedError
+            try:
+                ref = self._pool(self.channels["prompts"]).put(
+                    ids, readers=1, timeout=self.put_timeout if wait else 0.0)
+            except PoolExhaustedError:
+                if wait:
+                    raise
+                return None
+            prompt = shm_ref(ref, ids.nbytes)
         else:  # stopgap until the launch spec has a prompts pool
             extra["prompt_token_ids"] = ids.tolist()
         msg = Request(
@@ -284,20 +310,21 @@ class ShmPipelineClient:
         raise PipelineError("this pipeline cannot inject tokens; the gateway uses continuation")
 
     # --- pumps --------------------------------------------------------------------------
-    async def _pump_tokens(self) -> None:
-        reader = self._ring_reader
-        while True:
-            batch = await reader.aread(timeout=1.0)
-            if batch.lost:
-                self.lost_records += batch.lost
-            recs = batch.records
-            if not len(recs):
-                continue
-            keys = recs["request_key"]
-            for k in np.unique(keys):
-                q = self._queues.get(int(k))
-                if q is not None:
-                    q.put_nowait(recs[keys == k])
+    def _route_tokens(self, batch) -> None:
+        """New token records (event loop thread) into their requests' queues."""
+        if batch.lost:
+            self.lost_records += batch.lost
+        recs = batch.records
+        if len(recs) == 1:  # the common case at low load: no grouping
+            q = self._queues.get(int(recs[0]["request_key"]))
+            if q is not None:
+                q.put_nowait(recs)
+            return
+        keys = recs["request_key"]
+        for k in np.unique(keys):
+            q = self._queues.get(int(k))
+            if q is not None:
+                q.put_nowait(recs[keys == k])
 
     async def _pump_events(self) -> None:
         async for ev in self._events:

@@ -20,19 +20,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from typing import Iterator
 
-from .spans import BATCH_KEY, BATCH_REQUEST_ID, STEPS_KEY
+from .spans import BATCH_KEY, BATCH_REQUEST_ID, BUNDLE_NAME, SPANS_KEY, STEPS_KEY
 
 _now = time.monotonic_ns
 
+BUNDLE_MAX_SPANS = 64
+BUNDLE_MAX_AGE_NS = 100_000_000  # a held span reaches the profiler within 0.1 s of the next
+
 
 class SpanEmitter:
-    """Writes TraceSpan messages for one process. Not thread-safe per instance beyond what
-    the DDS writer guarantees (Cyclone writers may be shared between threads)."""
+    """Writes TraceSpan messages for one process. Thread-safe (Cyclone writers may be shared
+    between threads; the bundle is under a lock).
 
-    def __init__(self, plane_or_writer, *, enabled: bool = True) -> None:
+    With ``bundle=True`` spans are held and written as one bundle message
+    (profiler.spans.BUNDLE_NAME) by ``flush()``, which the owner calls when it goes idle or a
+    request's response is complete; a bundle also goes out when it holds BUNDLE_MAX_SPANS
+    spans or, at the next span, once its oldest is BUNDLE_MAX_AGE_NS old. The pipeline's
+    stages bundle: the DDS write of each span then no longer delays the request it times."""
+
+    def __init__(self, plane_or_writer, *, enabled: bool = True, bundle: bool = False) -> None:
         from control import topics as t
         from control.messages import TraceSpan
         from control.plane import ControlPlane, Writer
@@ -49,9 +59,13 @@ class SpanEmitter:
                             f"Writer, not {type(plane_or_writer).__name__}")
         self._msg_type = TraceSpan
         self.enabled = enabled
+        self.bundle = bundle
         self.pid = os.getpid()
         self.emitted = 0
         self.dropped = 0
+        self._held: list = []          # [name, request_id, start, end, attrs] while bundling
+        self._held_since = 0
+        self._lock = threading.Lock()
 
     def emit(self, name: str, request_id: str, start_ns: int, end_ns: int | None = None,
              **attrs) -> None:
@@ -59,15 +73,41 @@ class SpanEmitter:
         if not self.enabled:
             return
         end = _now() if end_ns is None else end_ns
+        if self.bundle:
+            with self._lock:
+                if not self._held:
+                    self._held_since = end
+                self._held.append([name, request_id, int(start_ns), int(end), attrs])
+                full = (len(self._held) >= BUNDLE_MAX_SPANS
+                        or end - self._held_since >= BUNDLE_MAX_AGE_NS)
+            if full:
+                self.flush()
+            return
+        self._write(name, request_id, int(start_ns), int(end), attrs, 1)
+
+    def flush(self) -> None:
+        """Write the held spans as one bundle (nothing when none are held)."""
+        with self._lock:
+            held, self._held = self._held, []
+        if not held:
+            return
+        if len(held) == 1:
+            self._write(*held[0], 1)
+            return
+        self._write(BUNDLE_NAME, BATCH_REQUEST_ID, min(h[2] for h in held),
+                    max(h[3] for h in held), {SPANS_KEY: held}, len(held))
+
+    def _write(self, name: str, request_id: str, start: int, end: int, attrs: dict,
+               n_spans: int) -> None:
         msg = self._msg_type(request_id=request_id, name=name, pid=self.pid,
-                             start_mono_ns=int(start_ns), end_mono_ns=int(end),
+                             start_mono_ns=start, end_mono_ns=end,
                              attrs_json=json.dumps(attrs, separators=(",", ":"),
                                                    default=str) if attrs else "")
         try:
             self._writer.write(msg)
-            self.emitted += 1
+            self.emitted += n_spans
         except Exception:  # a closed plane at shutdown: tracing must never fail the stage
-            self.dropped += 1
+            self.dropped += n_spans
 
     def emit_batch(self, name: str, request_ids, start_ns: int, end_ns: int | None = None,
                    **attrs) -> None:

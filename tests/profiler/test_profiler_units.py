@@ -116,6 +116,44 @@ def test_emitter_over_dds_times_spans_and_never_raises_after_close():
         SpanEmitter(object())
 
 
+def test_bundled_spans_wait_for_a_flush_and_arrive_as_the_same_spans():
+    """bundle=True: spans are held until flush() (one DDS message), a full bundle goes out
+    by itself, and the profiler expands bundles (with batched steps inside) into the very
+    spans an unbundled emitter would have given."""
+    from control.plane import ControlPlane
+
+    from profiler.collect import SpanCollector
+    from profiler.emit import BUNDLE_MAX_SPANS, SpanEmitter, StepSpanBuffer
+
+    instance = unique_instance("bundle")
+    with SpanCollector(instance, node_name="test-collector") as col, \
+            ControlPlane(instance, "bundler") as plane:
+        em = SpanEmitter(plane, bundle=True)
+        assert em._writer.wait_for_readers(1, timeout=10)
+        em.emit("gateway.receive", "r1", 100, 200, bytes=7)
+        em.mark("decision.first_token", "r1", 250)
+        steps = StepSpanBuffer(em, "decision.token")
+        steps.add(["r1", "r2"], 300, 400, index=[1, 5])
+        steps.add(["r1"], 410, 500, index=[2])
+        steps.flush()                      # into the bundle, not yet onto DDS
+        time.sleep(0.3)
+        assert col.received == 0 and em.emitted == 0
+        em.flush()
+        assert col.wait_for(lambda ss: len(ss) >= 5, timeout=10)
+        got = sorted((s.name, s.request_id, s.start_ns, s.end_ns, s.attrs.get("index"))
+                     for s in col.spans())
+        assert got == [("decision.first_token", "r1", 250, 250, None),
+                       ("decision.token", "r1", 300, 400, 1),
+                       ("decision.token", "r1", 410, 500, 2),
+                       ("decision.token", "r2", 300, 400, 5),
+                       ("gateway.receive", "r1", 100, 200, None)]
+        assert all(s.source == "bundler" and s.pid == plane.pid for s in col.spans())
+        assert em.emitted == 3             # three held entries (the steps travel as one)
+        for i in range(BUNDLE_MAX_SPANS):  # a full bundle is written without a flush
+            em.emit("vision.encode", f"q{i}", i, i + 1)
+        assert col.wait_for(lambda ss: len(ss) >= 5 + BUNDLE_MAX_SPANS, timeout=10)
+
+
 def test_emission_cost_is_measured_with_and_without_a_profiler():
     from profiler.cost import measure_emission_cost
 
