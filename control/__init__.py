@@ -15,6 +15,7 @@ Modules:
     messages    IDL message types, string enums, to_dict
     topics      THE table: every topic, its type and its QoS
     plane       ControlPlane, Writer, Reader
+    requests    RequestPublisher: a request on its topic and its modalities' topics
     aio         AsyncReader for asyncio code
     discovery   passive listing of nodes/topics with publisher/subscriber counts
     echo        read any topic as dicts

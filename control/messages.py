@@ -60,11 +60,10 @@ class EventKinds:
 
     STARTED = "started"  # a stage began work on the request
     MODALITY_READY = "modality_ready"  # embeddings of ``modality`` are in ``output``
-    FIRST_TOKEN = "first_token"
     DONE = "done"  # the stage finished the request
     CANCELLED = "cancelled"
     ERROR = "error"  # ``detail`` and ``code`` say what went wrong
-    ALL = (STARTED, MODALITY_READY, FIRST_TOKEN, DONE, CANCELLED, ERROR)
+    ALL = (STARTED, MODALITY_READY, DONE, CANCELLED, ERROR)
 
 
 class Modalities:

@@ -136,16 +136,39 @@ HEARTBEAT = TopicSpec("autoglm/heartbeat", m.Heartbeat, SAMPLE,
                       "1 Hz liveness of every stage (keyed by stage)")
 REQUEST = TopicSpec("autoglm/request", m.Request, STREAM,
                     "generation requests; payloads referenced by shm (channel, slot, generation)")
+# The same Request, also written to the topic of each modality it carries: a perception stage
+# reads only the requests it has work in (a text request wakes no perception process).
+REQUEST_IMAGE = TopicSpec("autoglm/request/image", m.Request, STREAM,
+                          "the requests that carry images (the vision stage's work)")
+REQUEST_AUDIO = TopicSpec("autoglm/request/audio", m.Request, STREAM,
+                          "the requests that carry audio clips (the audio stage's work)")
+TRANSCRIBE = TopicSpec("autoglm/transcribe", m.StageEvent, STREAM,
+                       "transcription jobs, gateway -> audio stage (transcribe mode); answers "
+                       "come back as done/error events")
 CANCEL = TopicSpec("autoglm/cancel", m.Cancel, STREAM, "request cancellations")
 STAGE_EVENT = TopicSpec("autoglm/event", m.StageEvent, STREAM,
-                        "per-request progress: started, modality_ready, first_token, done, error")
+                        "per-request progress: started, modality_ready, done, cancelled, error")
 CONFIG = TopicSpec("autoglm/config", m.ConfigValue, LATEST,
                    "dynamic settings, JSON values (keyed by name; late joiners get the last)")
 TRACE_SPAN = TopicSpec("autoglm/trace", m.TraceSpan, TRACE, "timed spans for the profiler")
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (LIFECYCLE_COMMAND, STAGE_STATE, HEARTBEAT, REQUEST, CANCEL,
+ALL_TOPICS: tuple[TopicSpec, ...] = (LIFECYCLE_COMMAND, STAGE_STATE, HEARTBEAT, REQUEST,
+                                     REQUEST_IMAGE, REQUEST_AUDIO, TRANSCRIBE, CANCEL,
                                      STAGE_EVENT, CONFIG, TRACE_SPAN)
 _BY_NAME = {spec.name: spec for spec in ALL_TOPICS}
+# Modality -> the topic of the requests carrying it.
+REQUEST_BY_MODALITY = {m.Modalities.IMAGE: REQUEST_IMAGE, m.Modalities.AUDIO: REQUEST_AUDIO}
+
+
+def request_topic(modality: str | None = None) -> TopicSpec:
+    """The request topic a reader of ``modality``'s requests uses (None: every request)."""
+    if modality is None:
+        return REQUEST
+    try:
+        return REQUEST_BY_MODALITY[modality]
+    except KeyError:
+        raise ValueError(f"no request topic for modality {modality!r} (known: "
+                         f"{', '.join(REQUEST_BY_MODALITY)})") from None
 
 
 def topic_by_name(name: str) -> TopicSpec:

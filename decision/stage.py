@@ -122,7 +122,6 @@ class MinimalDecisionStage:
         recs["token_id"] = tokens
         recs["flags"][-1] = FLAG_LAST
         self.writer().write_many(recs)
-        self.ctx.emit("first_token", rid, n_tokens=1)
         self.ctx.finish(rid, n_tokens=n)
 
     def generate(self, feats: list[np.ndarray], n: int) -> np.ndarray:
@@ -491,8 +490,6 @@ class ModelDecisionStage:
         self._writer.write_many(out)
         if step is not None and self.tracer.enabled:
             self._trace_step(step, now, firsts, decoded, decoded_index, ends)
-        for rid in firsts:
-            self.ctx.emit("first_token", rid, n_tokens=1)
         for rid, reason, error, _ in ends:
             self._forget_trace(rid)
             n = self.produced.pop(rid, 0)

@@ -22,9 +22,10 @@ with token_id -1 ends a request without a token (cancelled, error).
 
 Transcribe-mode audio (`transcribe`, called by the RequestPreparer from its worker thread
 before the prompt is rendered): each clip's float32 mono 16 kHz PCM goes into the `pcm` pool
-(readers=1; the audio stage releases it) and a StageEvent of kind "transcribe" (request_id =
-the generation request's id, output = the PCM ref, n_tokens = clip index, detail JSON
-{"clip": n, "sample_rate": 16000}) asks the audio stage for its text; the stage's `done`
+(readers=1; the audio stage releases it) and a StageEvent of kind "transcribe" on the
+transcribe topic (request_id = the generation request's id, output = the PCM ref, n_tokens =
+clip index, detail JSON {"clip": n, "sample_rate": 16000}) asks the audio stage for its
+text; the stage's `done`
 event for that id (detail JSON {"clip": n, "text": ...}) resolves the clip, an `error` event
 (from the stage, or from the supervisor when the stage died: code 503) fails every clip of
 the request with an `AudioStageError` (status 400 when the audio was unusable, else 500/503),
@@ -100,16 +101,17 @@ class ShmPipelineClient:
         from control import topics as t
         from control.aio import AsyncReader
         from control.plane import ControlPlane
+        from control.requests import RequestPublisher
         from profiler.emit import SpanEmitter
         from shm.ring import Ring
 
         # The participant is created here, in the serving process (never before a fork).
         self._plane = ControlPlane(self.instance, self.node_name)
-        self._w_request = self._plane.writer(t.REQUEST)
+        self._w_request = RequestPublisher(self._plane)
         self._w_cancel = self._plane.writer(t.CANCEL)
-        # Created now, not on first use: the event topic is volatile, so the audio stage must
-        # have discovered this writer before the first transcribe event is written.
-        self._w_event = self._plane.writer(t.STAGE_EVENT)
+        # Created now, not on first use: the topic is volatile, so the audio stage must have
+        # discovered this writer before the first transcription job is written.
+        self._w_transcribe = self._plane.writer(t.TRANSCRIBE)
         # Trace spans for `autoglm profile`, bundled: written once a response is complete
         # (execution.app flushes), not one DDS write each on the request's way.
         self.tracer = SpanEmitter(self._plane, bundle=True)
@@ -126,8 +128,8 @@ class ShmPipelineClient:
         self._tasks = [asyncio.create_task(self._pump_events(), name="stage-events")]
 
     async def wait_for_stages(self, count: int, timeout: float = 10.0) -> bool:
-        """Wait until `count` stages read the request topic (it is volatile: a request
-        written before a stage is discovered never reaches it)."""
+        """Wait until `count` stages read the request topics (volatile: a request written
+        before a stage is discovered never reaches it)."""
         return await asyncio.to_thread(self._w_request.wait_for_readers, count, timeout)
 
     async def close(self) -> None:
@@ -369,7 +371,7 @@ class ShmPipelineClient:
                 except Exception as exc:  # pool full past the timeout, clip over slot_bytes
                     raise AudioStageError(f"the pipeline cannot take audio clip {n} now: {exc}",
                                           503, n) from exc
-                self._w_event.write(StageEvent(
+                self._w_transcribe.write(StageEvent(
                     request_id=request_id, kind=TRANSCRIBE_KIND, modality="audio",
                     output=shm_ref(ref, pcm.nbytes), n_tokens=n,
                     detail=json.dumps({"clip": n, "sample_rate": PCM_SAMPLE_RATE})))

@@ -21,10 +21,11 @@ class PipelineClient:
                  frames: str = "frames", pcm: str = "pcm", gateway: str = "gateway"):
         from control import topics as t
         from control.plane import ControlPlane
+        from control.requests import RequestPublisher
 
         self.instance = instance
         self.plane = ControlPlane(instance, node_name or f"driver-{os.getpid()}")
-        self.w_request = self.plane.writer(t.REQUEST)
+        self.w_request = RequestPublisher(self.plane)
         self.w_cancel = self.plane.writer(t.CANCEL)
         self.w_config = self.plane.writer(t.CONFIG)
         self.r_event = self.plane.reader(t.STAGE_EVENT)

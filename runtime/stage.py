@@ -7,11 +7,13 @@
    DDS init);
 2. announces `starting`, heartbeats every `heartbeat_s` from a thread, builds the compute with
    the stage module's `make_stage(ctx)`, announces `ready`;
-3. hands every request, event, cancel and config value to the compute (methods `on_request`,
-   `on_event`, `on_cancel`, `on_config`, all optional) and calls its `poll(timeout)` (optional:
-   for stages that wait on a doorbell or step an engine) in between; an idle stage sleeps in
-   one DDS WaitSet over all its readers (`ctx.wait_for_messages`), so a message is handled
-   as soon as it arrives, not at the end of a polling slice;
+3. hands every request, event, cancel, transcription job and config value to the compute
+   (methods `on_request`, `on_event`, `on_cancel`, `on_transcribe`, `on_config`, all
+   optional; only the topics it handles are read, and requests only of its
+   `request_modality` when it has one) and calls its `poll(timeout)` (optional: for stages
+   that wait on a doorbell or step an engine) in between; an idle stage sleeps in one DDS
+   WaitSet over all its readers (`ctx.wait_for_messages`), so a message is handled as soon
+   as it arrives, not at the end of a polling slice;
 4. on SIGTERM / SIGINT / a `shutdown` lifecycle command: `stopping`, compute.close(), `dead`,
    exit 0.
 
@@ -152,7 +154,7 @@ class StageRuntime:
             self.ctx = StageContext(self)
             module = importlib.import_module(self.stage_spec.module)
             self.compute = module.make_stage(self.ctx)
-            self._close_unhandled_readers()
+            self._open_work_readers()
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()
@@ -178,35 +180,35 @@ class StageRuntime:
         # each in the middle of the request they time.
         self.tracer = SpanEmitter(self.w_trace, enabled=os.environ.get(ENV_TRACE, "1") != "0",
                                   bundle=True)
-        self.r_request = self.plane.reader(t.REQUEST)
-        self.r_event = self.plane.reader(t.STAGE_EVENT)
-        self.r_cancel = self.plane.reader(t.CANCEL)
         self.r_config = self.plane.reader(t.CONFIG)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
-        self.inbox = ReaderSet(self.plane, [self.r_request, self.r_event, self.r_cancel,
-                                            self.r_config, self.r_command])
+        self.r_request = self.r_event = self.r_cancel = self.r_transcribe = None
+        self.inbox = ReaderSet(self.plane, [self.r_config, self.r_command])
 
-    # Readers the compute may have no handler for, by handler name.
-    _HANDLED_READERS = (("r_request", "on_request"), ("r_event", "on_event"),
-                        ("r_cancel", "on_cancel"))
+    def _open_work_readers(self) -> None:
+        """Readers of the topics the compute has a handler for, and no others: a message on
+        a topic nobody handles still cost its writer a send and this process a wake-up and a
+        deserialisation, on a host whose cores the stages share. A compute with
+        ``request_modality`` (the vision stage: "image") reads only the requests that carry
+        it (control.topics.request_topic)."""
+        from control import topics as t
+        from control.plane import ReaderSet
 
-    def _close_unhandled_readers(self) -> None:
-        """Delete the request/event/cancel readers the compute has no handler for (the HTTP
-        gateway handles none, the vision stage no events): their messages were taken and
-        dropped, but every one still cost its writer a send and this process a wake-up and a
-        deserialisation, on a host whose cores the stages share."""
-        kept = [self.r_config, self.r_command]
-        for attr, method in self._HANDLED_READERS:
-            reader = getattr(self, attr)
-            if getattr(self.compute, method, None) is None:
-                reader.close()
-                setattr(self, attr, None)
-            else:
-                kept.append(reader)
-        if len(kept) < len(self.inbox.readers):
-            from control.plane import ReaderSet
-            old, self.inbox = self.inbox, ReaderSet(self.plane, kept)
-            old.close()
+        c = self.compute
+        if hasattr(c, "on_request"):
+            self.r_request = self.plane.reader(
+                t.request_topic(getattr(c, "request_modality", None)))
+        if hasattr(c, "on_event"):
+            self.r_event = self.plane.reader(t.STAGE_EVENT)
+        if hasattr(c, "on_cancel"):
+            self.r_cancel = self.plane.reader(t.CANCEL)
+        if hasattr(c, "on_transcribe"):
+            self.r_transcribe = self.plane.reader(t.TRANSCRIBE)
+        work = [r for r in (self.r_request, self.r_event, self.r_cancel, self.r_transcribe)
+                if r is not None]
+        old, self.inbox = self.inbox, ReaderSet(self.plane, [self.r_config, self.r_command,
+                                                             *work])
+        old.close()
 
     # --- main loop ----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -245,6 +247,10 @@ class StageRuntime:
             for c in self.r_cancel.take(0):
                 n += 1
                 self._call("on_cancel", c)
+        if self.r_transcribe is not None:
+            for job in self.r_transcribe.take(0):
+                n += 1
+                self._call("on_transcribe", job)
         return n
 
     def _call(self, method: str, msg) -> None:

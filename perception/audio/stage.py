@@ -17,7 +17,8 @@ stage reads it and releases the slot.
   float32 embeddings written to the `embeddings` pool, one slot per clip, announced by
   `modality_ready` (modality "audio", detail JSON {"key": "audioN"}). The prompt contract
   (runtime.compute.audio_placeholder): begin, n x token, end per clip.
-- "transcribe" (before the generation Request exists): the gateway publishes, per clip, a
+- "transcribe" (before the generation Request exists): the gateway publishes, per clip, on
+  the transcribe topic (control.topics.TRANSCRIBE, which only this stage reads), a
   StageEvent of kind TRANSCRIBE_KIND ("transcribe") with request_id = the generation
   request's id, modality "audio", output = the clip's `pcm` ShmRef, n_tokens = the clip's
   index and detail JSON {"clip": n, "sample_rate": 16000}. The stage answers with its
@@ -55,6 +56,8 @@ DEFAULT_TRANSCRIBE_TIMEOUT_S = 120.0
 
 
 class MinimalAudioStage:
+    request_modality = MODALITY   # reads only the requests that carry it
+
     def __init__(self, ctx):
         self.ctx = ctx
         self.window = int(ctx.params.get("window", 400))
@@ -97,6 +100,8 @@ def _tracer(ctx):
 
 
 class ModelAudioStage:
+    request_modality = MODALITY   # reads only the requests that carry it
+
     def __init__(self, ctx):
         from perception.audio import DEFAULT_MAX_SECONDS, AudioPipeline
         from runtime.compute import resolve_model_dir
@@ -159,7 +164,7 @@ class ModelAudioStage:
         if self.mode != "embed":
             self._release([req.media[i] for i in at])
             self.ctx.fail(rid, "audio: this deployment's audio stage transcribes (mode "
-                          "'transcribe'); audio must reach it as a transcribe event, not as "
+                          "'transcribe'); audio must reach it as a transcription job, not as "
                           "embeddings of a generation request", code=CODE_STAGE_FAILURE)
             return
         for n, i in enumerate(at):
@@ -185,8 +190,8 @@ class ModelAudioStage:
             self.tracer.emit("audio.shm_write", rid, t1, t2, clip=n, bytes=int(emb.nbytes))
         self.ctx.finish(rid, n_tokens=len(at))
 
-    # --- transcribe: one clip per gateway event --------------------------------------------
-    def on_event(self, ev) -> None:
+    # --- transcribe: one clip per job on the transcribe topic --------------------------------
+    def on_transcribe(self, ev) -> None:
         if ev.kind != TRANSCRIBE_KIND:
             return
         rid = ev.request_id

@@ -24,6 +24,8 @@ MODALITY = "image"
 
 
 class MinimalVisionStage:
+    request_modality = MODALITY   # reads only the requests that carry it
+
     def __init__(self, ctx):
         self.ctx = ctx
         self.patch = int(ctx.params.get("patch", 14))
@@ -77,6 +79,8 @@ class MinimalVisionStage:
 
 
 class ModelVisionStage:
+    request_modality = MODALITY   # reads only the requests that carry it
+
     def __init__(self, ctx):
         import torch
 

@@ -108,7 +108,11 @@ def test_topic_list_and_info(pipeline, client):
     rows = json.loads(cli("topic", "list", "--instance", pipeline.instance, "--json").stdout)
     by = {r["name"]: r for r in rows}
     assert by["autoglm/request"]["type"] == "autoglm::control::Request"
-    assert set(by["autoglm/request"]["subscribers"]) == set(STAGES)
+    # Every request reaches the decision stage (and the minimal gateway); a perception stage
+    # reads only the requests of its modality.
+    assert set(by["autoglm/request"]["subscribers"]) == {"gateway", "decision"}
+    assert set(by["autoglm/request/image"]["subscribers"]) == {"vision"}
+    assert set(by["autoglm/request/audio"]["subscribers"]) == {"audio"}
     assert set(by["autoglm/heartbeat"]["publishers"]) == set(STAGES)
     assert by["shm/frames"]["type"] == "pool[4 x 65536 B]"
     assert "vision" in by["shm/frames"]["subscribers"] and "gateway" in by["shm/frames"]["publishers"]
