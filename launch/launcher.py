@@ -27,6 +27,7 @@ class Launcher:
         self._signalled = False          # set by the signal handler only
         self.supervisor = None
         self.shm = None
+        self.cpu_latency = None
 
     def say(self, msg: str) -> None:
         print(msg, file=self.out, flush=True)
@@ -61,6 +62,7 @@ class Launcher:
                     if sharing else "")
                  + f"; DDS domain {domain_id_for(self.instance)}; spec {self.spec_path}")
         try:
+            self._hold_cpu_latency()
             write_manifest(self.shm, spec, self.spec_path)
             self.say(f"[launch] shm channels in {self.shm.path}: "
                      + ", ".join(f"{c.name} ({c.kind} {c.slots}x{c.slot_bytes} B)"
@@ -92,6 +94,21 @@ class Launcher:
         finally:
             self.shutdown()
 
+    def _hold_cpu_latency(self) -> None:
+        us = self.spec.cpu_latency_us
+        if us is None:
+            return
+        from .cpu_latency import DEVICE, hold
+
+        self.cpu_latency, why = hold(us)
+        if self.cpu_latency is not None:
+            self.say(f"[launch] CPU wake-up latency held at {us} us ({DEVICE}) while the "
+                     f"pipeline runs: idle cores poll instead of sleeping (lower hand-off "
+                     f"latency, more power); [pipeline] cpu_latency_us in the spec sets it")
+        else:
+            self.say(f"[launch] CPU wake-up latency not held ({why}): hand-offs between "
+                     f"stages wait for sleeping cores to wake (run as root to allow it)")
+
     def shutdown(self) -> None:
         # Ignore further Ctrl-C while tearing down: a half-finished teardown leaves orphans.
         if threading.current_thread() is threading.main_thread():
@@ -109,6 +126,9 @@ class Launcher:
             self.shm.close()
             self.shm = None
             self.say(f"[launch] removed {path}; stopped")
+        if self.cpu_latency is not None:
+            self.cpu_latency.close()
+            self.cpu_latency = None
 
 
 def launch(spec_path: str | None, instance: str, *, ready_file: str | None = None) -> int:

@@ -63,6 +63,9 @@ class LaunchSpec:
     crash_loop_window_s: float
     channels: dict[str, ChannelSpec]
     stages: dict[str, StageSpec]
+    # PM QoS wake-up latency the launcher holds while the pipeline runs (launch.cpu_latency);
+    # None: none held.
+    cpu_latency_us: int | None = None
 
     def stage(self, name: str) -> StageSpec:
         try:
@@ -209,7 +212,11 @@ def _parse_cores_field(f: _Fields, machine: list[int]):
 def parse_spec(data: dict, src: str = "<spec>", machine_cores: list[int] | None = None) -> LaunchSpec:
     machine = machine_cores if machine_cores is not None else available_cores()
     top = _Fields(src, "", data, {"pipeline", "http", "supervisor", "channels", "stages"})
-    pipe = _Fields(src, "pipeline", top.get("pipeline", dict, {}), {"model_dir"})
+    pipe = _Fields(src, "pipeline", top.get("pipeline", dict, {}), {"model_dir", "cpu_latency_us"})
+    cpu_latency_us = pipe.get("cpu_latency_us", int, None)
+    if cpu_latency_us is not None and cpu_latency_us < 0:
+        pipe.fail(f"must be a latency in microseconds >= 0, got {cpu_latency_us}",
+                  "cpu_latency_us")
     model_dir = pipe.get("model_dir", str, "")
     if model_dir:
         md = Path(model_dir).expanduser()
@@ -293,7 +300,8 @@ def parse_spec(data: dict, src: str = "<spec>", machine_cores: list[int] | None 
         stages[name] = StageSpec(name, module, cores, gpu, backend,
                                  chans["inputs"], chans["outputs"], dict(params))
     return resolve_cores(LaunchSpec(src, model_dir, host, port, heartbeat_s, dead_after_s,
-                                    backoff, loop_n, loop_w, channels, stages), machine)
+                                    backoff, loop_n, loop_w, channels, stages, cpu_latency_us),
+                         machine)
 
 
 def resolve_cores(spec: LaunchSpec, machine: list[int]) -> LaunchSpec:

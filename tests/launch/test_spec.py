@@ -74,6 +74,10 @@ def test_missing_core_error_names_file_field_and_machine(tmp_path):
     (('port = 0', 'port = "80"'), "http.port: must be int, got str '80'"),
     (('dead_after_s = 3.0', 'dead_after_s = 0.5'), "supervisor.dead_after_s: must be longer than heartbeat_s"),
     (('slots = 256', 'slots = true'), "channels.tokens.slots: must be int, got a boolean"),
+    (('[http]', '[pipeline]\ncpu_latency_us = -5\n[http]'),
+     "pipeline.cpu_latency_us: must be a latency in microseconds >= 0, got -5"),
+    (('[http]', '[pipeline]\ncpu_latency_us = "low"\n[http]'),
+     "pipeline.cpu_latency_us: must be int, got str 'low'"),
 ])
 def test_bad_fields_are_named(tmp_path, edit, needle):
     text = spec_text(STAGES)
@@ -121,3 +125,28 @@ def test_check_prints_the_plan_without_starting(tmp_path):
     p = _spec(tmp_path, spec_text(STAGES))
     r = cli("launch", str(p), "--check")
     assert f"{p}: OK" in r.stdout and "vision" in r.stdout and "cores" in r.stdout
+
+
+def test_default_spec_holds_cpu_wakeup_latency_and_others_do_not(tmp_path):
+    assert load_spec(None, machine_cores=[0, 1]).cpu_latency_us == 0
+    assert load_spec(_spec(tmp_path, spec_text(STAGES)), machine_cores=[0, 1]).cpu_latency_us is None
+
+
+def test_cpu_latency_hold_writes_the_request_and_says_why_not(tmp_path):
+    """The PM QoS request is an int32 written to the device and kept open; a device that
+    cannot be opened gives no hold and a reason (the launcher runs on without it)."""
+    import struct
+
+    from launch.cpu_latency import hold
+
+    dev = tmp_path / "cpu_dma_latency"
+    dev.write_bytes(b"")
+    h, why = hold(7, device=str(dev))
+    assert h is not None and why == ""
+    assert struct.unpack("i", dev.read_bytes()) == (7,)
+    h.close()
+    h.close()  # idempotent
+    h, why = hold(0, device=str(tmp_path / "missing"))
+    assert h is None and "cannot open" in why and "missing" in why
+    with pytest.raises(ValueError, match=">= 0"):
+        hold(-1, device=str(dev))
