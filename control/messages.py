@@ -102,6 +102,11 @@ class SamplingParams(IdlStruct, typename="autoglm.control.SamplingParams"):
 # Topic types
 
 
+# Prompts up to this many ids travel inside the Request (4 KiB: one datagram); longer ones
+# through the prompts pool, which keeps a 3,000-token screenshot prompt off the control plane.
+INLINE_PROMPT_TOKENS = 1024
+
+
 @dataclass
 class Request(IdlStruct, typename="autoglm.control.Request"):
     """A generation request, from the gateway to the stages that serve it."""
@@ -109,8 +114,11 @@ class Request(IdlStruct, typename="autoglm.control.Request"):
     request_id: str = ""
     t_mono_ns: int64 = 0
     source: str = ""
-    prompt: ShmRef = field(default_factory=ShmRef)  # int32 token ids
+    prompt: ShmRef = field(default_factory=ShmRef)  # int32 token ids (long prompts)
     n_prompt_tokens: uint32 = 0
+    # The ids themselves when the prompt is short (at most INLINE_PROMPT_TOKENS; ``prompt``
+    # then has no channel): one serialisation instead of a pool write and a pool read.
+    prompt_ids: sequence[int32] = field(default_factory=list)
     # Modalities whose embeddings the decision stage must wait for (subset of Modalities.ALL).
     modalities: sequence[str] = field(default_factory=list)
     # Raw inputs for the perception stages (frames, PCM), in ``modalities`` order.

@@ -2,9 +2,10 @@
 "model"), or the minimal stand-in of the plumbing tests (params.compute = "minimal").
 
 Model compute, per request (`Request` on DDS):
-1. prompt ids from the `prompts` slot the gateway wrote (int32; ``Request.prompt``), or from
-   ``Request.extra["prompt_token_ids"]`` when the instance has no prompts pool; the pool keeps
-   a 3,000-token screenshot prompt off the control plane;
+1. prompt ids from the Request itself (``prompt_ids``, prompts of at most
+   control.messages.INLINE_PROMPT_TOKENS) or from the `prompts` slot the gateway wrote
+   (int32; ``Request.prompt``): the pool keeps a 3,000-token screenshot prompt off the
+   control plane;
 2. M-RoPE positions (decision.fusion.mrope_positions) from the image grids the gateway put in
    ``extra["image_grids"]``; one declared modality per image (`image0`, `image1`, ...) and per
    audio clip (`audio0`, ...) at its placeholder positions, and only those, so a text request
@@ -276,10 +277,10 @@ class ModelDecisionStage:
             ref = slot_ref(req.prompt)
             with self.ctx.pool(ref.channel).view(ref) as arr:
                 ids = np.asarray(arr).astype(np.int64).tolist()
-        elif "prompt_token_ids" in extra:
-            ids = [int(i) for i in extra["prompt_token_ids"]]
+        elif len(req.prompt_ids):
+            ids = list(req.prompt_ids)
         else:
-            raise ValueError("the request carries no prompt (no prompts slot, no prompt_token_ids)")
+            raise ValueError("the request carries no prompt (no prompts slot, no prompt ids)")
         if req.n_prompt_tokens and len(ids) != int(req.n_prompt_tokens):
             raise ValueError(f"prompt has {len(ids)} ids, the request says {req.n_prompt_tokens}")
         return ids
@@ -310,6 +311,10 @@ class ModelDecisionStage:
 
         mods = list(req.modalities)
         grids = [tuple(int(v) for v in g) for g in extra.get("image_grids", [])]
+        if not mods and not grids and self.image_token_id not in ids:
+            # Text only: positions 0..P-1 on all three rows, the engine's default (building
+            # them here cost the request ~0.3 ms of cold torch calls on the 2-core host).
+            return None, []
         if mods.count("image") != len(grids):
             raise ValueError(f"{mods.count('image')} image(s) but {len(grids)} image grid(s) "
                              f"in the request")

@@ -339,13 +339,21 @@ class SSEResponse:
         self.chunks = chunks
 
     async def __call__(self, scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
+        start = {"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]}
 
         async def pump():
+            # The headers go out with the first chunk: sent first, their socket write came
+            # before the request's submission, which happens on the way to the first chunk.
+            started = False
             async for chunk in self.chunks:
+                if not started:
+                    await send(start)
+                    started = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not started:
+                await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:

@@ -4,13 +4,16 @@ shm tokens ring (asyncio doorbell).
 Per request:
 1. media into slot pools: each image's resized uint8 [H, W, 3] frame into `frames`, each
    clip's float32 PCM into `pcm` (pool.put blocks while the pool is full, so it runs in a
-   worker thread); the prompt's int32 ids into the `prompts` pool when the instance has one;
-2. a `control.messages.Request` on the request topic: modalities/media in prompt order,
-   sampling (the typed fields control defines) and, in ``extra`` (msgpack), the fields it does
-   not type yet: presence/frequency penalties, logprobs, top_logprobs, and the prompt ids
-   themselves when there is no `prompts` pool;
-3. token records (runtime.records.TOKEN_RECORD) read from the `tokens` ring by one pump task
-   and routed by request key to the request's queue; FLAG_LAST ends it, FLAG_ERROR fails it;
+   worker thread); a prompt longer than control.messages.INLINE_PROMPT_TOKENS into the
+   `prompts` pool (shorter ones travel inside the Request, ``prompt_ids``);
+2. a `control.messages.Request` on the request topic (and on the topic of each modality it
+   carries, control.requests): modalities/media in prompt order, sampling (the typed fields
+   control defines) and, in ``extra`` (msgpack), the fields it does not type yet:
+   presence/frequency penalties, logprobs, top_logprobs; a text-only request is published
+   from the event loop, one with media from a worker thread;
+3. token records (runtime.records.TOKEN_RECORD) read from the `tokens` ring in the event
+   loop's selector callback (RingReader.watch) and routed by request key to the request's
+   queue; FLAG_LAST ends it, FLAG_ERROR fails it;
 4. a stage's `error` event for the request fails it too (e.g. the vision stage refused the
    frame), so a request never waits for tokens that will not come.
 
@@ -253,7 +256,7 @@ class ShmPipelineClient:
     def _build_request(self, req: PreparedRequest, *, wait: bool = True):
         """The Request message, its media and prompt written into shm. With ``wait=False``
         (text-only requests) None when the prompts pool has no free slot now."""
-        from control.messages import Request, SamplingParams, pack_extra
+        from control.messages import INLINE_PROMPT_TOKENS, Request, SamplingParams, pack_extra
         from runtime.compute import shm_ref
 
         t_shm = time.monotonic_ns()  # the gateway.shm_write span starts
@@ -274,8 +277,10 @@ class ShmPipelineClient:
                  "image_grids": [list(im.grid_thw) for im in req.images],
                  "audio_tokens": [int(au.num_tokens) for au in req.audios]}
         ids = np.asarray(req.prompt_token_ids, dtype=np.int32)
-        prompt = None
-        if self._has_pool(self.channels["prompts"]):
+        prompt, inline = None, []
+        if len(ids) <= INLINE_PROMPT_TOKENS or not self._has_pool(self.channels["prompts"]):
+            inline = ids.tolist()
+        else:
             from shm.errors import PoolExhaustedError
             try:
                 ref = self._pool(self.channels["prompts"]).put(
@@ -285,10 +290,9 @@ class ShmPipelineClient:
                     raise
                 return None
             prompt = shm_ref(ref, ids.nbytes)
-        else:  # stopgap until the launch spec has a prompts pool
-            extra["prompt_token_ids"] = ids.tolist()
         msg = Request(
-            request_id=req.request_id, n_prompt_tokens=len(ids), modalities=modalities,
+            request_id=req.request_id, n_prompt_tokens=len(ids), prompt_ids=inline,
+            modalities=modalities,
             media=media,
             sampling=SamplingParams(
                 max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,

@@ -181,6 +181,28 @@ def test_greedy_is_deterministic_and_equals_the_in_process_model(openai_client):
     assert r.choices[0].message.content == _reference_text(text_msgs, [], 8)
 
 
+def test_short_and_long_prompts_take_both_ways_and_agree_with_the_in_process_model(
+        pipeline, openai_client):
+    """A prompt of at most INLINE_PROMPT_TOKENS travels inside the Request; a longer one
+    through the prompts pool. Both must give the in-process model's greedy reply."""
+    from control.messages import INLINE_PROMPT_TOKENS
+    from shm.registry import Registry
+
+    def pool_writes() -> int:
+        return Registry(pipeline.instance).channel("prompts").written
+
+    words = "open the settings page then tap on the wifi entry and scroll down".split()
+    for n_words, through_pool in ((20, False), (INLINE_PROMPT_TOKENS + 200, True)):
+        text = " ".join(words[i % len(words)] for i in range(n_words))
+        msgs = [{"role": "user", "content": text}]
+        before = pool_writes()
+        r = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5,
+                                                  temperature=0)
+        assert (r.usage.prompt_tokens > INLINE_PROMPT_TOKENS) == through_pool
+        assert pool_writes() - before == int(through_pool)
+        assert r.choices[0].message.content == _reference_text(msgs, [], 5)
+
+
 def test_errors_over_the_live_pipeline(pipeline, openai_client):
     import openai
 
