@@ -239,13 +239,13 @@ class Gateway:
                         tracer.mark("gateway.first_chunk", request_id)
                         tracer = None
         except PipelineError as exc:
-            yield head + builder.error(str(exc)) + DONE
+            yield FinalChunk(head + builder.error(str(exc)) + DONE)
             return
         tail = head + (last or b"")
         if builder.include_usage:
             tail += builder.usage(usage_dict(totals.prompt_tokens, totals.completion_tokens,
                                              totals.cached_tokens))
-        yield tail + DONE
+        yield FinalChunk(tail + DONE)
         if tracer is not None and last is not None:
             tracer.mark("gateway.first_chunk", request_id)
 
@@ -327,6 +327,11 @@ class Gateway:
         return Response(data, media_type=CONTENT_TYPE)
 
 
+class FinalChunk(bytes):
+    """The last bytes of an event stream: SSEResponse sends them as the end of the body, in
+    the same write (not followed by an empty one)."""
+
+
 class SSEResponse:
     """An event-stream response that cancels its source when the client disconnects.
 
@@ -346,15 +351,17 @@ class SSEResponse:
         async def pump():
             # The headers go out with the first chunk: sent first, their socket write came
             # before the request's submission, which happens on the way to the first chunk.
-            started = False
+            started = ended = False
             async for chunk in self.chunks:
                 if not started:
                     await send(start)
                     started = True
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = isinstance(chunk, FinalChunk)  # the source's last (it ends after it)
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             if not started:
                 await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         try:
             await _until_disconnect_receive(receive, pump())
