@@ -592,18 +592,32 @@ class ModelDecisionStage:
         self._stats_writer.write(self.stats_record())
 
     def _warm_up(self) -> None:
-        """Before the stage reports ready: a dummy request through prefill and decode compiles
+        """Before the stage reports ready: dummy requests through prefill and decode compile
         the Triton kernels, then every decode graph bucket (batch sizes x block-table widths up
         to max_model_len) is captured. Otherwise a request meeting a new shape pays for the
-        compilation or capture in the middle of serving. It takes 1.7-8.7 s at start on an
-        H100 with the embedded model (56 graphs)."""
+        compilation or capture in the middle of serving. Triton compiles a kernel once for
+        row counts divisible by 16 and once for others, so the prefills cover both (32 rows
+        alone, then 32 + 35 together), and one prefill joins a decoding request (a mixed step):
+        with the first prefill only, the first text requests of a serving run waited 0.3-0.7 s
+        each on the H100 for compilations. It takes
+        2-9 s at start on an H100 with the embedded model (56 graphs)."""
         import torch
 
         from decision.engine import SamplingParams
 
         t0 = time.monotonic()
         eng = self.engine
-        eng.add_request("warm-up", [0] * 2 * eng.config.block_size, SamplingParams(max_tokens=4))
+        block = eng.config.block_size
+        for batch in ([2 * block], [2 * block, 2 * block + 3]):
+            for i, n in enumerate(batch):
+                eng.add_request(f"warm-up-{i}", [0] * n, SamplingParams(max_tokens=4))
+            while eng.has_unfinished():
+                eng.step()
+        # A request arriving while another decodes: a step mixing prefill and decode rows.
+        eng.add_request("warm-up-0", [0] * 2 * block, SamplingParams(max_tokens=8))
+        eng.step()
+        eng.step()
+        eng.add_request("warm-up-1", [0] * (2 * block + 3), SamplingParams(max_tokens=4))
         while eng.has_unfinished():
             eng.step()
         if eng.graphs is not None:

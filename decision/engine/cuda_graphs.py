@@ -22,6 +22,14 @@ from .kv_cache import PagedKVCache, StepAttention
 MIN_WIDTH_BLOCKS = 16
 
 
+def bucket_width(width: int) -> int:
+    """The graph bucket a block-table width falls in: MIN_WIDTH_BLOCKS times a power of two."""
+    w = MIN_WIDTH_BLOCKS
+    while w < width:
+        w *= 2
+    return w
+
+
 class DecodeGraphRunner:
     def __init__(self, model, cache: PagedKVCache, batch_sizes, max_blocks_per_seq: int,
                  compile: bool = False):

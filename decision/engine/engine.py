@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from .block_manager import BlockManager
+from .cuda_graphs import bucket_width
 from .kv_cache import PagedKVCache, PrefillChunk, StepAttention, plan_num_blocks
 from .request import (FinishReason, ModalityInput, Request, RequestStatus, TokenRecord,
                       call_release)
@@ -360,6 +361,11 @@ class LLMEngine:
         table = lens = None
         if decodes:
             width = max(len(c.request.blocks) for c in decodes)
+            if dev.type == "cuda":
+                # The graph buckets' width: the attention kernel was compiled for its
+                # specialisation at warm-up; an odd width compiled anew mid-serving (0.3-0.7 s
+                # for the first requests that met a step mixing prefill and decode).
+                width = bucket_width(width)
             table = torch.zeros(len(decodes), width, dtype=torch.long)
             for i, c in enumerate(decodes):
                 table[i, :len(c.request.blocks)] = torch.tensor(c.request.blocks)
