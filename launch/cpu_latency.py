@@ -2,9 +2,11 @@
 
 An idle core sleeps in a C-state; in a virtual machine it halts the vCPU, which the host then
 deschedules. Waking it costs the next message its delivery and then a cold cache: on the
-2-core VM this project is measured on, a 2 us piece of Python ran in 40-120 us right after a
-2-10 ms sleep (`python -m benchmarks.wakeup` shows it). Every hand-off between stages lands on
-a core that just went idle, so the pipeline pays that per hop and per streamed token.
+2-core VM this project is measured on, a piece of Python that takes 2 us on a busy core took
+14 us (median) right after a 2 ms sleep and 100 us after a 10 ms sleep; with the hold, 7 and
+42 us (`python -m benchmarks.wakeup`, benchmarks/results/wakeup-cpu.json). Every hand-off
+between stages lands on a core that just went idle, so the pipeline pays that per hop and per
+streamed token.
 
 The kernel's remedy is a PM QoS request: a process writes the longest acceptable exit
 latency (microseconds, int32) to /dev/cpu_dma_latency and keeps the file open; cpuidle then
