@@ -1,6 +1,7 @@
 """What tracing costs a stage: the time one ``SpanEmitter.emit`` takes, measured with no
 profiler attached and with one attached (a SpanCollector in another process, as
-`autoglm profile` is), in a throw-away instance of its own.
+`autoglm profile` is), in a throw-away instance of its own; and per span when bundled, as the
+stages emit (a write per SPANS_PER_BUNDLE spans, the flush's cost spread over them).
 
 The profiler is a passive best-effort reader, so attaching it should not change the
 writer's cost much: the writer serialises and hands the sample to every matched reader's
@@ -26,6 +27,26 @@ def _observe(instance: str, ready, stop, result) -> None:
         stop.wait(60.0)
         time.sleep(0.3)  # let the last samples arrive
         result.put(col.received)
+
+
+# A text request leaves about this many spans in one stage's bundle (gateway: receive, media
+# decode, shm write, first chunk, response sent, ...).
+SPANS_PER_BUNDLE = 12
+
+
+def _emit_bundled_timed(em, n: int) -> np.ndarray:
+    """Per-span cost of a bundling emitter (as the stages run): ``n`` spans, a flush after
+    every SPANS_PER_BUNDLE, each group's time (emits + its flush) spread over its spans."""
+    out = []
+    now = time.perf_counter_ns
+    for g in range(0, n, SPANS_PER_BUNDLE):
+        k = min(SPANS_PER_BUNDLE, n - g)
+        t0 = now()
+        for i in range(k):
+            em.emit("bench.span", "cost", t0, t0 + 1000, i=g + i)
+        em.flush()
+        out.extend([(now() - t0) / k] * k)
+    return np.asarray(out)
 
 
 def _emit_timed(em, n: int, pace_s: float) -> np.ndarray:
@@ -64,6 +85,7 @@ def measure_emission_cost(n: int = 5000, pace_s: float = 0.0) -> dict:
             em._writer.wait_for_readers(1, timeout=10.0)
             _emit_timed(em, min(n, 500), 0.0)
             with_obs = _emit_timed(em, n, pace_s)
+            bundled = _emit_bundled_timed(SpanEmitter(em._writer, bundle=True), n)
             stop.set()
             received = result.get(timeout=30.0)
         finally:
@@ -71,25 +93,29 @@ def measure_emission_cost(n: int = 5000, pace_s: float = 0.0) -> dict:
             proc.join(timeout=10.0)
             if proc.is_alive():
                 proc.terminate()
-    for key, arr in (("without_profiler", alone), ("with_profiler", with_obs)):
+    for key, arr in (("without_profiler", alone), ("with_profiler", with_obs),
+                     ("bundled_with_profiler", bundled)):
         us = arr / 1e3
         out[key] = {"median_us": float(np.median(us)), "mean_us": float(us.mean()),
                     "p99_us": float(np.percentile(us, 99)),
                     "spans_per_s_one_core": float(1e6 / us.mean())}
-    # The observer also saw the warm-up spans written after it attached.
+    # The observer also saw the warm-up spans and the bundled ones, written after it attached.
     out["with_profiler"]["received_by_profiler"] = int(received)
-    out["with_profiler"]["written_while_attached"] = n + min(n, 500)
+    out["with_profiler"]["written_while_attached"] = 2 * n + min(n, 500)
+    out["bundled_with_profiler"]["spans_per_bundle"] = SPANS_PER_BUNDLE
     return out
 
 
 def format_cost(c: dict) -> str:
-    a, b = c["without_profiler"], c["with_profiler"]
+    a, b, u = c["without_profiler"], c["with_profiler"], c["bundled_with_profiler"]
     return (f"span emission cost over {c['spans']} spans:\n"
             f"  no profiler attached : median {a['median_us']:.1f} us  p99 {a['p99_us']:.1f} us"
             f"  mean {a['mean_us']:.1f} us\n"
             f"  profiler attached    : median {b['median_us']:.1f} us  p99 {b['p99_us']:.1f} us"
             f"  mean {b['mean_us']:.1f} us  (received {b['received_by_profiler']} of "
-            f"{b['written_while_attached']} written)")
+            f"{b['written_while_attached']} written)\n"
+            f"  bundled, as stages emit (one write per {u['spans_per_bundle']} spans), profiler "
+            f"attached: median {u['median_us']:.1f} us per span  mean {u['mean_us']:.1f} us")
 
 
 # ------------------------------------------------------------------------------ on a live decode loop
