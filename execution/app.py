@@ -44,8 +44,8 @@ log = logging.getLogger("autoglm.gateway")
 def _trace_prepare(client, request_id: str, t_arrival: float, t_prepare: float,
                    t_prepared: float) -> None:
     """gateway.receive (arrival .. prepare starts) and gateway.media_decode (prepare) spans,
-    when the pipeline client carries a tracer (profiler.emit.SpanEmitter). Called once the
-    request is on its way (two DDS writes that would otherwise delay it)."""
+    when the pipeline client carries a tracer (profiler.emit.SpanEmitter; it bundles, so
+    this costs the request no DDS write)."""
     tracer = getattr(client, "tracer", None)
     if tracer is not None:
         tracer.emit("gateway.receive", request_id, int(t_arrival * 1e9), int(t_prepare * 1e9))
@@ -165,9 +165,7 @@ class Gateway:
         except APIError as err:
             return error_response(err)
         req, options = prepared.request, prepared.options
-
-        def trace_prepare() -> None:
-            _trace_prepare(self.client, req.request_id, t_arrival, t0, t1)
+        _trace_prepare(self.client, req.request_id, t_arrival, t0, t1)
         completion_id = req.request_id
         model = self.config.served_name
         key = None
@@ -177,13 +175,12 @@ class Gateway:
             hit = self.cache.get(key)
             self.metrics.cache_lookup(hit is not None)
             if hit is not None:
-                trace_prepare()
                 return _traced(self._from_cache(chat, completion_id, hit), self.client,
                                completion_id)
 
         totals = GenerationTotals()
         deltas = self._tracked(generate(self.client, req, self._decode, options, totals),
-                               totals, t_arrival, req.arrival_time, trace_prepare)
+                               totals, t_arrival, req.arrival_time)
         want_lp = chat.logprobs
         if chat.stream:
             builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
@@ -250,19 +247,14 @@ class Gateway:
             tracer.mark("gateway.first_chunk", request_id)
 
     async def _tracked(self, deltas: AsyncIterator[OutputDelta], totals: GenerationTotals,
-                       t_arrival: float, t_submit: float,
-                       after_submit: Callable[[], None]) -> AsyncIterator[OutputDelta]:
-        """Pass deltas through, observing the request's latency metrics; ``after_submit`` runs
-        once the request is in the pipeline (at its first delta, or at the end)."""
+                       t_arrival: float, t_submit: float) -> AsyncIterator[OutputDelta]:
+        """Pass deltas through, observing the request's latency metrics."""
         m = self.metrics
         m.in_flight.labels(m.model_name).inc()
         last = None
         outcome = "abort"
         try:
             async for d in deltas:
-                if after_submit is not None:
-                    after_submit()
-                    after_submit = None
                 now = time.monotonic()
                 if d.num_new_tokens:
                     if last is None:
@@ -278,8 +270,6 @@ class Gateway:
             outcome = "error"
             raise
         finally:
-            if after_submit is not None:
-                after_submit()
             m.in_flight.labels(m.model_name).dec()
             m.finished(outcome)
             m.count_tokens(totals.prompt_tokens, totals.completion_tokens)

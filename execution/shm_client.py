@@ -180,11 +180,12 @@ class ShmPipelineClient:
                 # A request written now would wait for a stage that is not there to read it.
                 raise PipelineError(f"the pipeline is not ready: {down}", retryable=True)
             try:
-                # A text-only request is published right here: its shm write is a few hundred
-                # bytes of prompt ids, and a hop to a worker thread and back cost 0.3-1 ms on
-                # a busy host. Media (a pool may make the write wait for a free slot) and a
-                # full prompts pool go through a worker thread, which also publishes (no hop
-                # back to the loop first; Cyclone writers are thread-safe).
+                # A text-only request is published right here (its ids travel in the message,
+                # or a long prompt's go into a free prompts slot): a hop to a worker thread
+                # and back cost 0.3-1 ms on a busy host. Media (a pool may make the write
+                # wait for a free slot) and a full prompts pool go through a worker thread,
+                # which also publishes (no hop back to the loop first; Cyclone writers are
+                # thread-safe).
                 if not self._submit_inline(req):
                     await asyncio.to_thread(self._submit_request, req)
             except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
