@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the final tables as JSON")
     p.add_argument("--measure-cost", nargs="?", const=5000, type=int, metavar="N",
                    help="measure span emission cost (N spans, default 5000) with and "
-                        "without a profiler attached, and bundled as the stages emit, then exit; with --instance and "
+                        "without a profiler attached, and bundled as the stages emit, then "
+                        "exit; with --instance and "
                         "--base-url also the decode speed of that live pipeline with its "
                         "spans off and on (alternated rounds)")
     p.add_argument("--base-url", default=None,
