@@ -137,6 +137,37 @@ def test_writer_rejects_wrong_type_and_stamps_header():
                                                "nbytes": 0}
 
 
+def test_request_publisher_routes_by_modality():
+    """Every request reaches the request topic; one with images or audio also reaches that
+    modality's topic, once, with the same stamp; a text request reaches no perception topic."""
+    from control.requests import RequestPublisher
+
+    with ControlPlane(unique_instance("route"), "gateway") as plane, \
+            ControlPlane(plane.instance, "stages") as other:
+        pub = RequestPublisher(plane)
+        readers = {"all": other.reader(t.REQUEST), "image": other.reader(t.request_topic("image")),
+                   "audio": other.reader(t.request_topic("audio"))}
+        assert pub.wait_for_readers(3, timeout=10)
+        pub.write(m.Request(request_id="text"))
+        pub.write(m.Request(request_id="img", modalities=["image", "image"]))
+        pub.write(m.Request(request_id="both", modalities=["audio", "image"]))
+        got = {k: [] for k in readers}
+        deadline = time.monotonic() + 5
+        while len(got["all"]) < 3 and time.monotonic() < deadline:
+            for k, r in readers.items():
+                got[k] += r.take(timeout=0.05)
+        time.sleep(0.2)  # anything misrouted would have arrived by now
+        for k, r in readers.items():
+            got[k] += r.take(timeout=0)
+        assert [g.request_id for g in got["all"]] == ["text", "img", "both"]
+        assert [g.request_id for g in got["image"]] == ["img", "both"]
+        assert [g.request_id for g in got["audio"]] == ["both"]
+        stamp = {g.request_id: g.t_mono_ns for g in got["all"]}
+        assert all(g.t_mono_ns == stamp[g.request_id] for g in got["image"] + got["audio"])
+        with pytest.raises(ValueError, match="no request topic for modality 'video'"):
+            t.request_topic("video")
+
+
 def test_plane_used_after_close_or_in_forked_child_raises():
     plane = ControlPlane(unique_instance("fork"), "node")
     w = plane.writer(t.CANCEL)
