@@ -183,7 +183,7 @@ class StageRuntime:
                                   bundle=True)
         self.r_config = self.plane.reader(t.CONFIG)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
-        self.r_request = self.r_event = self.r_cancel = self.r_transcribe = None
+        self.work: list[tuple] = []   # (reader, handler name) of the topics the compute takes
         self.inbox = ReaderSet(self.plane, [self.r_config, self.r_command])
 
     def _open_work_readers(self) -> None:
@@ -196,19 +196,13 @@ class StageRuntime:
         from control.plane import ReaderSet
 
         c = self.compute
-        if hasattr(c, "on_request"):
-            self.r_request = self.plane.reader(
-                t.request_topic(getattr(c, "request_modality", None)))
-        if hasattr(c, "on_event"):
-            self.r_event = self.plane.reader(t.STAGE_EVENT)
-        if hasattr(c, "on_cancel"):
-            self.r_cancel = self.plane.reader(t.CANCEL)
-        if hasattr(c, "on_transcribe"):
-            self.r_transcribe = self.plane.reader(t.TRANSCRIBE)
-        work = [r for r in (self.r_request, self.r_event, self.r_cancel, self.r_transcribe)
-                if r is not None]
-        old, self.inbox = self.inbox, ReaderSet(self.plane, [self.r_config, self.r_command,
-                                                             *work])
+        topics = {"on_request": t.request_topic(getattr(c, "request_modality", None)),
+                  "on_event": t.STAGE_EVENT, "on_cancel": t.CANCEL,
+                  "on_transcribe": t.TRANSCRIBE}
+        self.work = [(self.plane.reader(topic), handler) for handler, topic in topics.items()
+                     if hasattr(c, handler)]
+        old, self.inbox = self.inbox, ReaderSet(
+            self.plane, [self.r_config, self.r_command, *(r for r, _ in self.work)])
         old.close()
 
     # --- main loop ----------------------------------------------------------------------
@@ -235,23 +229,11 @@ class StageRuntime:
             n += 1
             if cmd.target in (self.name, "*") and cmd.command == "shutdown":
                 self._stop.set()
-        if self.r_request is not None:
-            for req in self.r_request.take(0):
+        for reader, handler in self.work:
+            for msg in reader.take(0):
                 n += 1
-                self._call("on_request", req)
-        if self.r_event is not None:
-            for ev in self.r_event.take(0):
-                n += 1
-                if ev.source != self.name:
-                    self._call("on_event", ev)
-        if self.r_cancel is not None:
-            for c in self.r_cancel.take(0):
-                n += 1
-                self._call("on_cancel", c)
-        if self.r_transcribe is not None:
-            for job in self.r_transcribe.take(0):
-                n += 1
-                self._call("on_transcribe", job)
+                if handler != "on_event" or msg.source != self.name:  # not our own events
+                    self._call(handler, msg)
         return n
 
     def _call(self, method: str, msg) -> None:
