@@ -160,17 +160,6 @@ _BY_NAME = {spec.name: spec for spec in ALL_TOPICS}
 REQUEST_BY_MODALITY = {m.Modalities.IMAGE: REQUEST_IMAGE, m.Modalities.AUDIO: REQUEST_AUDIO}
 
 
-def request_topic(modality: str | None = None) -> TopicSpec:
-    """The request topic a reader of ``modality``'s requests uses (None: every request)."""
-    if modality is None:
-        return REQUEST
-    try:
-        return REQUEST_BY_MODALITY[modality]
-    except KeyError:
-        raise ValueError(f"no request topic for modality {modality!r} (known: "
-                         f"{', '.join(REQUEST_BY_MODALITY)})") from None
-
-
 def topic_by_name(name: str) -> TopicSpec:
     """Look a topic up by DDS name ("autoglm/request") or short name ("request")."""
     spec = _BY_NAME.get(name) or _BY_NAME.get(TOPIC_PREFIX + name.lstrip("/"))

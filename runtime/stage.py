@@ -155,7 +155,7 @@ class StageRuntime:
             self.ctx = StageContext(self)
             module = importlib.import_module(self.stage_spec.module)
             self.compute = module.make_stage(self.ctx)
-            self._open_work_readers()
+            self._keep_work_readers()
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()
@@ -183,24 +183,34 @@ class StageRuntime:
                                   bundle=True)
         self.r_config = self.plane.reader(t.CONFIG)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
+        # Every topic a compute may take: (reader, handler, modality of the requests it
+        # carries). Made now, before the compute is built, so that discovery is done while the
+        # model loads: a reader made just before `ready` could miss a request published at
+        # once. _keep_work_readers() closes the ones the compute does not take.
+        self._candidates = [(self.plane.reader(t.REQUEST), "on_request", None)]
+        self._candidates += [(self.plane.reader(spec), "on_request", modality)
+                             for modality, spec in t.REQUEST_BY_MODALITY.items()]
+        self._candidates += [(self.plane.reader(spec), handler, None) for spec, handler in (
+            (t.STAGE_EVENT, "on_event"), (t.CANCEL, "on_cancel"), (t.TRANSCRIBE, "on_transcribe"))]
         self.work: list[tuple] = []   # (reader, handler name) of the topics the compute takes
         self.inbox = ReaderSet(self.plane, [self.r_config, self.r_command])
 
-    def _open_work_readers(self) -> None:
-        """Readers of the topics the compute has a handler for, and no others: a message on
-        a topic nobody handles still cost its writer a send and this process a wake-up and a
-        deserialisation, on a host whose cores the stages share. A compute with
-        ``request_modality`` (the vision stage: "image") reads only the requests that carry
-        it (control.topics.request_topic)."""
-        from control import topics as t
+    def _keep_work_readers(self) -> None:
+        """Keep the readers of the topics the compute has a handler for and close the others:
+        a message on a topic nobody handles still cost its writer a send and this process a
+        wake-up and a deserialisation, on a host whose cores the stages share. A compute with
+        ``request_modality`` (the vision stage: "image") keeps only the reader of the requests
+        that carry it (control.topics.REQUEST_BY_MODALITY)."""
         from control.plane import ReaderSet
 
         c = self.compute
-        topics = {"on_request": t.request_topic(getattr(c, "request_modality", None)),
-                  "on_event": t.STAGE_EVENT, "on_cancel": t.CANCEL,
-                  "on_transcribe": t.TRANSCRIBE}
-        self.work = [(self.plane.reader(topic), handler) for handler, topic in topics.items()
-                     if hasattr(c, handler)]
+        wanted = getattr(c, "request_modality", None)
+        for reader, handler, modality in self._candidates:
+            if hasattr(c, handler) and (handler != "on_request" or modality == wanted):
+                self.work.append((reader, handler))
+            else:
+                reader.close()
+        self._candidates = []
         old, self.inbox = self.inbox, ReaderSet(
             self.plane, [self.r_config, self.r_command, *(r for r, _ in self.work)])
         old.close()
