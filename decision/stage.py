@@ -220,10 +220,6 @@ class ModelDecisionStage:
         self._admitting: dict[str, int] = {}      # request id -> arrival (monotonic ns)
         self._prefilling: set[str] = set()        # admitted, no token yet
         self._prefill_start: dict[str, int] = {}
-        # decision.token spans of several steps go out in one write (see StepSpanBuffer): a
-        # write per step cost the decode loop ~0.2 ms per step on the 2-core host.
-        from profiler.emit import StepSpanBuffer
-        self._token_spans = StepSpanBuffer(self.tracer, "decision.token")
         ctx.log(f"decoder from {self.model_dir} on {self.device} ({self.dtype}); KV cache "
                 f"{self.engine.blocks.usable_blocks} blocks of {self.engine_config.block_size} "
                 f"tokens; max_model_len {self.engine.max_model_len}; overlapped decode "
@@ -420,10 +416,8 @@ class ModelDecisionStage:
     def poll(self, timeout: float) -> None:
         if self.engine.has_runnable():
             self._step()
-        else:
-            self._token_spans.flush()             # going idle: the profiler gets every step
-            if timeout > 0:
-                self.ctx.wait_for_messages(timeout)   # until a request or an embedding comes
+        elif timeout > 0:
+            self.ctx.wait_for_messages(timeout)   # until a request or an embedding comes
         self._publish_stats()
 
     def _step(self) -> None:
@@ -513,8 +507,8 @@ class ModelDecisionStage:
         """The spans of one engine step, written after its records reached the ring (the
         gateway is never kept waiting on them): prefill of requests whose first token came,
         first/last token marks at the records' write time, and one batched decision.token span
-        for every request this step decoded a token of (buffered: one write per several steps,
-        at any batch size, and at the latest when a request ends or the stage goes idle)."""
+        for every request this step decoded a token of. The tracer bundles: they go out with
+        the stage's other spans when it goes idle, or every 100 ms / 64 spans."""
         t0, t1 = step
         tr = self.tracer
         for rid in firsts:
@@ -522,9 +516,7 @@ class ModelDecisionStage:
             tr.mark("decision.first_token", rid, written_ns)
             self._prefilling.discard(rid)
         if decoded:
-            self._token_spans.add(decoded, t0, t1, index=decoded_index)
-        if ends:
-            self._token_spans.flush()
+            tr.emit_batch("decision.token", decoded, t0, t1, index=decoded_index)
         for rid, reason, _, with_token in ends:
             if with_token:
                 tr.mark("decision.last_token", rid, written_ns, finish=reason,
@@ -628,7 +620,6 @@ class ModelDecisionStage:
 
     def close(self) -> None:
         self.engine.release_views(keep=False)
-        self._token_spans.flush()
         for w in (self._writer, self._stats_writer):
             if w is not None:
                 w.close()

@@ -6,9 +6,8 @@
         ...                                      # timed with time.monotonic_ns()
     t0 = time.monotonic_ns(); ...; tracer.emit("gateway.shm_write", rid, t0)   # end = now
     tracer.mark("decision.first_token", rid)     # an instant
-    tracer.emit_batch("decision.token", [r1, r2], t0, index=[5, 9])   # one write, two requests
-    steps = StepSpanBuffer(tracer, "decision.token")   # many steps, one write
-    steps.add([r1, r2], t0, t1, index=[5, 9]); ...; steps.flush()
+    tracer.emit_batch("decision.token", [r1, r2], t0, index=[5, 9])   # one span, two requests
+    tracer = SpanEmitter(plane, bundle=True)     # spans held, written as one message by flush()
 
 Every timestamp is ``time.monotonic_ns()``: one clock for all processes of the machine.
 The trace topic is best-effort keep-last (control.topics.TRACE), so writing never blocks a
@@ -24,7 +23,7 @@ import threading
 import time
 from typing import Iterator
 
-from .spans import BATCH_KEY, BATCH_REQUEST_ID, BUNDLE_NAME, SPANS_KEY, STEPS_KEY
+from .spans import BATCH_KEY, BATCH_REQUEST_ID, BUNDLE_NAME, SPANS_KEY
 
 _now = time.monotonic_ns
 
@@ -138,42 +137,6 @@ class SpanEmitter:
             raise
         finally:
             self.emit(name, request_id, start, _now(), **attrs, **extra)
-
-
-class StepSpanBuffer:
-    """Batched spans of consecutive steps (one decode step of the batch each), written as one
-    multi-step span (profiler.spans.STEPS_KEY) when ``flush`` is called or the buffer is full
-    or old: a decode loop then pays one DDS write per ``max_steps`` steps instead of one per
-    step. ``max_age_ns`` bounds how late a live profiler sees a step."""
-
-    def __init__(self, tracer: SpanEmitter, name: str, *, max_steps: int = 32,
-                 max_requests: int = 512, max_age_ns: int = 100_000_000) -> None:
-        self.tracer, self.name = tracer, name
-        self.max_steps, self.max_requests, self.max_age_ns = max_steps, max_requests, max_age_ns
-        self._steps: list = []
-        self._n_requests = 0
-
-    def __len__(self) -> int:
-        return len(self._steps)
-
-    def add(self, request_ids, start_ns: int, end_ns: int, **attrs) -> None:
-        """One step of ``request_ids`` (per-request list attributes as in emit_batch)."""
-        if not self.tracer.enabled or not request_ids:
-            return
-        self._steps.append([int(start_ns), int(end_ns),
-                            {BATCH_KEY: list(request_ids), **attrs}])
-        self._n_requests += len(request_ids)
-        if (len(self._steps) >= self.max_steps or self._n_requests >= self.max_requests
-                or end_ns - self._steps[0][0] >= self.max_age_ns):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered steps (nothing when empty)."""
-        if not self._steps:
-            return
-        steps, self._steps, self._n_requests = self._steps, [], 0
-        self.tracer.emit(self.name, BATCH_REQUEST_ID, steps[0][0], steps[-1][1],
-                         **{STEPS_KEY: steps})
 
 
 def emit_span(writer_or_emitter, name: str, request_id: str, start_ns: int,

@@ -61,12 +61,6 @@ REPEATED_SPANS = frozenset({DECISION_TOKEN})
 # statistics work on. Its own request_id is BATCH_REQUEST_ID.
 BATCH_KEY = "requests"
 BATCH_REQUEST_ID = "*"
-# A multi-step span: one message carrying several consecutive intervals of the same name (the
-# decode steps since the last write), attrs STEPS_KEY = [[start_ns, end_ns, {attrs}], ...]; each
-# step's attrs may make it a batch (BATCH_KEY). A DDS write costs the decode loop 30-200 us on a
-# busy 2-core host (the receivers wake too), so the stage sends its steps every few of them
-# (profiler.emit.StepSpanBuffer), not one message per step. The span's own interval covers all.
-STEPS_KEY = "steps"
 # A bundle: one message carrying several spans of one process (any names and requests), attrs
 # SPANS_KEY = [[name, request_id, start_ns, end_ns, {attrs}], ...]. Stages hold their spans
 # and write them as one bundle when they go idle, when a request's response is complete, or
@@ -147,8 +141,8 @@ class Span:
 def expand_batch(span: "Span") -> list["Span"]:
     """The per-request spans a batched span stands for ([span] itself when it is not one).
     List attributes as long as the batch are split per request; the others are shared, and
-    each part gets ``batch`` = the batch size. A multi-step span (STEPS_KEY) becomes the spans
-    of all its steps, a bundle (BUNDLE_NAME) the spans it carries."""
+    each part gets ``batch`` = the batch size. A bundle (BUNDLE_NAME) becomes the spans it
+    carries, each expanded in turn."""
     bundled = span.attrs.get(SPANS_KEY) if span.attrs and span.name == BUNDLE_NAME else None
     if isinstance(bundled, list):
         return [part for name, rid, start, end, attrs in bundled
@@ -156,13 +150,6 @@ def expand_batch(span: "Span") -> list["Span"]:
                                               source=span.source, pid=span.pid,
                                               start_ns=int(start), end_ns=int(end),
                                               attrs=dict(attrs or {}), rx_ns=span.rx_ns))]
-    steps = span.attrs.get(STEPS_KEY) if span.attrs else None
-    if isinstance(steps, list):
-        return [part for start, end, attrs in steps
-                for part in expand_batch(Span(request_id=span.request_id, name=span.name,
-                                              source=span.source, pid=span.pid,
-                                              start_ns=int(start), end_ns=int(end),
-                                              attrs=dict(attrs), rx_ns=span.rx_ns))]
     rids = span.attrs.get(BATCH_KEY) if span.attrs else None
     if not isinstance(rids, list):
         return [span]

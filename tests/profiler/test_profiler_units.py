@@ -118,12 +118,12 @@ def test_emitter_over_dds_times_spans_and_never_raises_after_close():
 
 def test_bundled_spans_wait_for_a_flush_and_arrive_as_the_same_spans():
     """bundle=True: spans are held until flush() (one DDS message), a full bundle goes out
-    by itself, and the profiler expands bundles (with batched steps inside) into the very
-    spans an unbundled emitter would have given."""
+    by itself, a disabled emitter holds nothing, and the profiler expands bundles (with
+    batched steps inside) into the very spans an unbundled emitter would have given."""
     from control.plane import ControlPlane
 
     from profiler.collect import SpanCollector
-    from profiler.emit import BUNDLE_MAX_SPANS, SpanEmitter, StepSpanBuffer
+    from profiler.emit import BUNDLE_MAX_SPANS, SpanEmitter
 
     instance = unique_instance("bundle")
     with SpanCollector(instance, node_name="test-collector") as col, \
@@ -132,11 +132,9 @@ def test_bundled_spans_wait_for_a_flush_and_arrive_as_the_same_spans():
         assert em._writer.wait_for_readers(1, timeout=10)
         em.emit("gateway.receive", "r1", 100, 200, bytes=7)
         em.mark("decision.first_token", "r1", 250)
-        steps = StepSpanBuffer(em, "decision.token")
-        steps.add(["r1", "r2"], 300, 400, index=[1, 5])
-        steps.add(["r1"], 410, 500, index=[2])
-        steps.flush()                      # into the bundle, not yet onto DDS
-        time.sleep(0.3)
+        em.emit_batch("decision.token", ["r1", "r2"], 300, 400, index=[1, 5])
+        em.emit_batch("decision.token", ["r1"], 410, 500, index=[2])
+        time.sleep(0.3)                    # held: nothing on DDS yet
         assert col.received == 0 and em.emitted == 0
         em.flush()
         assert col.wait_for(lambda ss: len(ss) >= 5, timeout=10)
@@ -148,10 +146,15 @@ def test_bundled_spans_wait_for_a_flush_and_arrive_as_the_same_spans():
                        ("decision.token", "r2", 300, 400, 5),
                        ("gateway.receive", "r1", 100, 200, None)]
         assert all(s.source == "bundler" and s.pid == plane.pid for s in col.spans())
-        assert em.emitted == 3             # three held entries (the steps travel as one)
+        assert em.emitted == 4             # four held entries (a batched step is one)
         for i in range(BUNDLE_MAX_SPANS):  # a full bundle is written without a flush
             em.emit("vision.encode", f"q{i}", i, i + 1)
         assert col.wait_for(lambda ss: len(ss) >= 5 + BUNDLE_MAX_SPANS, timeout=10)
+        em.enabled = False                 # tracing off: nothing is held or written
+        em.emit("vision.encode", "off", 1, 2)
+        em.flush()
+        time.sleep(0.3)
+        assert col.received == 5 + BUNDLE_MAX_SPANS and em.emitted == 4 + BUNDLE_MAX_SPANS
 
 
 def test_emission_cost_is_measured_with_and_without_a_profiler():
