@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the single request sent first to check the endpoint")
     p.add_argument("--instance", default=None,
                    help="also attach to this pipeline's trace topic and report its own overhead")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="with --instance: also save the benchmark requests' spans there (a "
+                        "recording: `autoglm profile --input FILE --request ID` replays it)")
     p.add_argument("--result-file", default=None,
                    help="JSON result path (default: benchmarks/results/serve-<dataset>-<time>.json)")
     p.add_argument("--no-json", action="store_true", help="print only")
@@ -144,6 +147,8 @@ def validate(args) -> None:
         bad("--audio-seconds must be positive")
     if not args.base_url.startswith(("http://", "https://")):
         bad(f"--base-url must start with http:// or https://, got {args.base_url!r}")
+    if args.record and not args.instance:
+        bad("--record saves the pipeline's spans: give --instance too")
 
 
 # =============================================================================== datasets
@@ -595,6 +600,13 @@ def run_cli(args) -> int:
         ids = [o.request_id for o in outputs if o.success and o.request_id]
         report = overhead_report(spans, request_ids=ids)
         report["spans_received"] = len(spans)
+        if args.record:
+            from profiler.recording import write_recording
+
+            keep = set(ids)
+            n = write_recording(args.record, [s for s in spans if s.request_id in keep],
+                                instance=args.instance)
+            print(f"recorded {n} spans of {len(keep)} requests to {args.record}", file=sys.stderr)
         report["overhead_by_place"] = overhead_breakdown(spans, request_ids=ids)
         result["pipeline_overhead"] = report
         print(overhead_lines(report))

@@ -108,7 +108,7 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
                         "--num-prompts", "3", "--request-rate", "20", "--percentiles", "50,90,99",
                         "--dataset", "random-image", "--image-size", "108x240",
                         "--goodput", "ttft:1000", "e2el:5000", "--instance", instance,
-                        "--result-file", str(out)],
+                        "--result-file", str(out), "--record", str(tmp_path / "spans.jsonl")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Serving Benchmark Result" in r.stdout and "P90 TTFT (ms):" in r.stdout
@@ -123,12 +123,20 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
     compute = TTFT_MS + (TOKENS - 1) * ITL_MS
     assert _paced(ov["compute"]["p50_ms"], compute, late_ms=30)
     assert 0 <= ov["overhead"]["p50_ms"] < 0.1 * compute
+    # The recording holds the spans behind these figures, and only the benchmark's requests'.
+    from profiler.recording import read_recording
+    from profiler.stats import overhead_report
+    header, spans = read_recording(tmp_path / "spans.jsonl")
+    assert header["instance"] == instance
+    assert {s.request_id for s in spans} == set(res["request_ids"])
+    assert overhead_report(spans)["overhead"] == ov["overhead"]
 
 
 def test_bad_arguments_are_named():
     for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
                       (["--percentiles", "0,50"], "percentiles must lie in"),
                       (["--request-rate", "0"], "--request-rate must be positive"),
+                      (["--record", "x.jsonl"], "give --instance too"),
                       (["--image-size", "10by20", "--dataset", "random-image"], "--image-size must be WxH")):
         r = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "serve", "--model", "m",
                             "--base-url", "http://127.0.0.1:9", *args], cwd=REPO,
