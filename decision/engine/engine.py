@@ -433,9 +433,9 @@ class LLMEngine:
                     f"({have * self.config.block_size} tokens); lower max_tokens or the prompt")
         return None
 
-    def _check_positions(self, request_id, positions, p) -> torch.Tensor:
+    def _check_positions(self, request_id, positions, p) -> torch.Tensor | None:
         if positions is None:
-            return torch.arange(p, dtype=torch.long).expand(3, -1).contiguous()
+            return None   # the text layout (Request.position_ids)
         positions = torch.as_tensor(positions)
         if tuple(positions.shape) != (3, p):
             raise EngineError(f"request {request_id!r}: mrope_positions must be [3, {p}], got "

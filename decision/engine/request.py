@@ -66,8 +66,11 @@ class Request:
         self.output_ids: list[int] = []
         self.params = params
         self.sampler = sampler
-        self.positions = positions                  # [3, P] long, CPU
-        self.rope_delta = int(positions.max()) + 1 - len(prompt_ids)
+        # [3, P] long, CPU; None: the text layout, position = index on all three rows (built
+        # when a step needs it: four torch calls at admission cost a text request ~0.2 ms on
+        # the 2-core host, run cold after the model's compute).
+        self.positions = positions
+        self.rope_delta = 0 if positions is None else int(positions.max()) + 1 - len(prompt_ids)
         self.modalities = {m.key: m for m in modalities}
         self.modality_positions = {m.key: torch.as_tensor(list(m.positions), dtype=torch.long)
                                    for m in modalities}
@@ -111,6 +114,8 @@ class Request:
     def position_ids(self, start: int, end: int) -> torch.Tensor:
         """[3, end - start] positions: the prompt's own, then index + rope_delta."""
         p = self.num_prompt
+        if self.positions is None:   # text layout: the index itself, prompt or not
+            return torch.arange(start, end, dtype=torch.long).expand(3, -1)
         parts = []
         if start < p:
             parts.append(self.positions[:, start:min(end, p)])
@@ -167,7 +172,10 @@ class Request:
         while len(self._keys) < n_blocks:
             b = len(self._keys)
             start, end = b * bs, (b + 1) * bs
-            extra = [tuple(self.position_ids(start, end).flatten().tolist())]
+            # [3, n] row-major, as for explicit positions (a screenshot request's system-prompt
+            # blocks are a text request's too).
+            extra = [tuple(range(start, end)) * 3 if self.positions is None
+                     else tuple(self.position_ids(start, end).flatten().tolist())]
             for key, pos in self.modality_positions.items():
                 sel = ((pos >= start) & (pos < end)).nonzero().flatten().tolist()
                 if sel:

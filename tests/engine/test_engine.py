@@ -109,6 +109,27 @@ def test_prefix_cache_hit_gives_the_same_tokens_and_skips_compute(checkpoint, de
     assert out2["again"] == out["second"]
 
 
+def test_text_layout_is_explicit_positions_0_to_p(checkpoint, decoder):
+    """A text request keeps no position tensor (the layout is implied); its blocks are still
+    those of a request giving positions 0..P-1 explicitly (a screenshot request's
+    system-prompt blocks serve a text request), with the same tokens."""
+    _, hf = checkpoint
+    system, q = prompts(37, 6, seed=5)
+    engine = make_engine(decoder)
+    explicit = torch.arange(len(system + q)).expand(3, -1)
+    engine.add_request("explicit", system + q, SamplingParams(max_tokens=5),
+                       mrope_positions=explicit)
+    out, _ = run_to_end(engine)
+    engine.add_request("text", system + q[:-1] + [q[-1] + 1], SamplingParams(max_tokens=5))
+    assert engine.requests["text"].positions is None
+    assert torch.equal(engine.requests["text"].position_ids(3, 45), torch.arange(3, 45).expand(3, -1))
+    computed = engine.stats.prefill_tokens_computed
+    out2, _ = run_to_end(engine)
+    assert engine.stats.prefill_tokens_computed - computed == len(system + q) - 40
+    assert out["explicit"] == hf_greedy(hf, system + q, 5)
+    assert out2["text"] == hf_greedy(hf, system + q[:-1] + [q[-1] + 1], 5)
+
+
 def test_image_content_is_part_of_the_prefix_key(checkpoint, decoder):
     prompt = [7, 502] + [IMAGE_TOKEN] * 4 + [503] + list(range(20, 33))
     g = torch.Generator().manual_seed(9)
