@@ -5,6 +5,8 @@ records, the gateway reads them), so it lives here, in the shared runtime, not i
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 # Most alternatives a token record carries (OpenAI's top_logprobs limit is 20).
@@ -25,6 +27,14 @@ TOKEN_RECORD = np.dtype([
     ("top_ids", "<i4", (MAX_TOP_LOGPROBS,)),
     ("top_logprobs", "<f4", (MAX_TOP_LOGPROBS,)),
 ])
+# The scalar fields of a TOKEN_RECORD (request_key .. cached_tokens), packed with struct: the
+# decision stage writes a record without logprobs this way (shm.RingWriter.write_packed; the
+# top_* arrays are zeros then).
+TOKEN_HEAD = struct.Struct("<QqIiIHHfI")
+assert TOKEN_HEAD.size == TOKEN_RECORD.fields["top_ids"][1] and all(
+    np.frombuffer(TOKEN_HEAD.pack(*range(1, 10)).ljust(TOKEN_RECORD.itemsize, b"\0"),
+                  TOKEN_RECORD)[0][k] == v for k, v in zip(TOKEN_RECORD.names, range(1, 10))), \
+    "TOKEN_HEAD must lay out TOKEN_RECORD's leading fields"
 FLAG_LAST = 1       # the request's final record
 FLAG_ERROR = 2      # generation failed; token_id is meaningless
 FLAG_LOGPROBS = 4   # logprob / top_* are filled

@@ -1,5 +1,6 @@
 import asyncio
 import os
+import struct
 import time
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_slow_consumer_told_how_many_it_lost(inst):
 
 
 HAMMER = """
-import sys, numpy as np
+import struct, sys, numpy as np
 from shm import Ring
 ring = Ring.attach(sys.argv[1], "tok")
 w = ring.writer(doorbell=True)
@@ -42,6 +43,9 @@ while i < n:
     # every field derives from i: a torn record would show a mismatch
     if batch == 1:
         w.write((i % 2**32, i % 2**31, i * 7, [i] * 5))
+        i += 1
+    elif batch == 0:  # write_packed: the leading fields packed, the rest zeros
+        w.write_packed(struct.Struct("<IiQ"), (i % 2**32, i % 2**31, i * 7))
         i += 1
     else:  # write_many in batches of 1..batch (single, contiguous and wrapping writes)
         k = min(n - i, 1 + i % batch)
@@ -55,7 +59,7 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 5, 0])
 def test_concurrent_writer_never_gives_torn_records(inst, children, batch):
     n = 30000
     ring = inst.create_ring("tok", TOKEN, 64)
@@ -72,7 +76,7 @@ def test_concurrent_writer_never_gives_torn_records(inst, children, batch):
         rec = b.records
         ck = rec["check"].astype(np.int64)
         assert (rec["tok"].astype(np.int64) == ck // 7).all()
-        assert (rec["pad"] == ck[:, None] // 7).all()
+        assert (rec["pad"] == (ck[:, None] // 7 if batch else 0)).all()
         seq = ck // 7
         if len(seq):
             assert seq[0] > last and (np.diff(seq) == 1).all()  # in order, contiguous in a batch
@@ -82,6 +86,19 @@ def test_concurrent_writer_never_gives_torn_records(inst, children, batch):
     assert p.wait(EXIT_TIMEOUT_S) == 0
     assert got + lost == n and got > 0
     assert r.lost == lost
+
+
+def test_packed_record_zeroes_the_rest_and_must_fit(inst):
+    ring = inst.create_ring("tok", TOKEN, 2)
+    w, r = ring.writer(doorbell=False), ring.reader(start="oldest")
+    w.write((1, 2, 3, [9] * 5))
+    w.write((1, 2, 3, [9] * 5))
+    assert w.write_packed(struct.Struct("<Ii"), (4, -5)) == 2   # lands on record 0's entry
+    rec = r.read(timeout=0).records[-1]
+    assert (int(rec["req"]), int(rec["tok"]), int(rec["check"])) == (4, -5, 0)
+    assert rec["pad"].tolist() == [0] * 5
+    with pytest.raises(PayloadError, match="exceed its 56-byte records"):
+        w.write_packed(struct.Struct("<57s"), (b"",))
 
 
 def test_single_live_writer(inst, children):
