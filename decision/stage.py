@@ -445,13 +445,13 @@ class ModelDecisionStage:
         monotonic ns, for its spans."""
         from runtime.compute import request_key
         from runtime.records import (FINISH_CODES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS,
-                                     MAX_TOP_LOGPROBS, TOKEN_RECORD)
+                                     MAX_TOP_LOGPROBS, TOKEN_HEAD, TOKEN_RECORD)
 
-        out = np.empty(len(records), dtype=TOKEN_RECORD)
+        rows = []     # (scalar fields, (top ids, top logprobs) or None) per record
         now = time.monotonic_ns()
         ends, firsts, decoded, decoded_index = [], [], [], []
         keys = self._keys
-        for i, r in enumerate(records):
+        for r in records:
             rid = r.request_id
             n = self.produced.get(rid, 0)
             key = keys.get(rid)
@@ -459,7 +459,7 @@ class ModelDecisionStage:
                 key = keys[rid] = request_key(rid)
             flags = finish = n_top = 0
             logprob = np.nan
-            top_ids, top_lps = _NO_TOP_IDS, _NO_TOP_LOGPROBS
+            top = None
             if r.token_id >= 0:
                 self.produced[rid] = n + 1
                 if n == 0:
@@ -470,11 +470,11 @@ class ModelDecisionStage:
                 if r.logprob is not None:
                     flags |= FLAG_LOGPROBS
                     logprob = r.logprob
-                    top = list(r.top_logprobs)[:MAX_TOP_LOGPROBS]
-                    n_top = len(top)
-                    top_ids, top_lps = np.zeros_like(top_ids), np.zeros_like(top_lps)
-                    for j, (tid, lp) in enumerate(top):
-                        top_ids[j], top_lps[j] = tid, lp
+                    alts = list(r.top_logprobs)[:MAX_TOP_LOGPROBS]
+                    n_top = len(alts)
+                    top = np.zeros_like(_NO_TOP_IDS), np.zeros_like(_NO_TOP_LOGPROBS)
+                    for j, (tid, lp) in enumerate(alts):
+                        top[0][j], top[1][j] = tid, lp
             if r.finished:
                 reason = r.finish_reason.value if r.finish_reason is not None else "stop"
                 if rid in self._upstream_failed:
@@ -483,10 +483,15 @@ class ModelDecisionStage:
                 finish = FINISH_CODES[reason]
                 ends.append((rid, reason, r.error, r.token_id >= 0))
                 keys.pop(rid, None)
-            # One assignment per record (a field at a time cost ~1 us each, per token).
-            out[i] = (key, now, n, r.token_id, flags, finish, n_top, logprob, 0, top_ids,
-                      top_lps)
-        self._writer.write_many(out)
+            rows.append(((key, now, n, r.token_id, flags, finish, n_top, logprob, 0), top))
+        if len(rows) == 1 and rows[0][1] is None:
+            # One request decoding, no logprobs: the per-token case, packed with no numpy.
+            self._writer.write_packed(TOKEN_HEAD, rows[0][0])
+        else:
+            out = np.empty(len(rows), dtype=TOKEN_RECORD)
+            for i, (head, top) in enumerate(rows):   # one assignment per record
+                out[i] = (*head, *(top or (_NO_TOP_IDS, _NO_TOP_LOGPROBS)))
+            self._writer.write_many(out)
         if step is not None and self.tracer.enabled:
             self._trace_step(step, now, firsts, decoded, decoded_index, ends)
         for rid, reason, error, _ in ends:
