@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from .config import GatewayConfig
 from .errors import APIError, body_too_large, invalid, server_error, unauthorized
-from .generation import GenerationTotals, OutputDelta, generate
+from .generation import Generation, GenerationTotals, OutputDelta
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openai_schema import SchemaLimits, parse_chat_request, parse_json_body
 from .pipeline_client import PipelineClient, PipelineError, TokenLogprob
@@ -161,11 +161,9 @@ class Gateway:
                 # worker thread and back (0.3-1 ms on a busy host).
                 prepared = self.preparer.prepare(chat, request_id)
             t1 = time.monotonic()
-            self.metrics.observe_stage("gateway_prepare", t1 - t0)
         except APIError as err:
             return error_response(err)
         req, options = prepared.request, prepared.options
-        _trace_prepare(self.client, req.request_id, t_arrival, t0, t1)
         completion_id = req.request_id
         model = self.config.served_name
         key = None
@@ -175,17 +173,21 @@ class Gateway:
             hit = self.cache.get(key)
             self.metrics.cache_lookup(hit is not None)
             if hit is not None:
+                self._prepared(req.request_id, t_arrival, t0, t1)
                 return _traced(self._from_cache(chat, completion_id, hit), self.client,
                                completion_id)
 
         totals = GenerationTotals()
-        deltas = self._tracked(generate(self.client, req, self._decode, options, totals),
-                               totals, t_arrival, req.arrival_time)
+        # Submitted here: the pipeline works on it while the response is set up.
+        generation = Generation(self.client, req, self._decode, options, totals)
+        self._prepared(req.request_id, t_arrival, t0, t1)
+        deltas = self._tracked(generation, totals, t_arrival, req.arrival_time)
         want_lp = chat.logprobs
         if chat.stream:
             builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
             return _traced(SSEResponse(self._sse(builder, deltas, totals, want_lp,
-                                                 chat.top_logprobs, completion_id)),
+                                                 chat.top_logprobs, completion_id),
+                                       also_close=generation),
                            self.client, completion_id)
         try:
             result = await _until_disconnect(request, self._collect(deltas, want_lp,
@@ -193,6 +195,8 @@ class Gateway:
         except PipelineError as exc:
             return _traced(error_response(server_error(str(exc), 503 if exc.retryable else 500)),
                            self.client, completion_id)
+        finally:
+            await generation.aclose()   # a no-op when it ran to its end
         if result is None:  # client gone; generation already cancelled
             return Response(status_code=499)
         content, reasoning, logprobs = result
@@ -204,6 +208,11 @@ class Gateway:
         return _traced(JSONResponse(completion_body(
             completion_id, model, content, reasoning if chat.return_reasoning else None,
             totals.finish_reason, usage, logprobs)), self.client, completion_id)
+
+    def _prepared(self, request_id: str, t_arrival: float, t0: float, t1: float) -> None:
+        """The preparation's metric and spans, said once the request is on its way."""
+        self.metrics.observe_stage("gateway_prepare", t1 - t0)
+        _trace_prepare(self.client, request_id, t_arrival, t0, t1)
 
     async def _collect(self, deltas: AsyncIterator[OutputDelta], want_lp: bool, top_n: int):
         content, reasoning, lps = [], [], []
@@ -330,8 +339,11 @@ class SSEResponse:
     and cancels the pump at once, and the source iterator is always closed (which cancels
     the request in the pipeline)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]):
+    def __init__(self, chunks: AsyncIterator[bytes], also_close=None):
         self.chunks = chunks
+        # What ``chunks`` draws from: closed too, also when ``chunks`` was never pulled (a
+        # generator never started does not run its clean-up when closed).
+        self.also_close = also_close
 
     async def __call__(self, scope, receive, send) -> None:
         start = {"type": "http.response.start", "status": 200, "headers": [
@@ -359,6 +371,8 @@ class SSEResponse:
             pass  # the connection broke while writing: same as a disconnect
         finally:
             await self.chunks.aclose()
+            if self.also_close is not None:
+                await self.also_close.aclose()
 
 
 async def _until_disconnect_receive(receive: Callable[[], Awaitable[dict]], work: Awaitable):

@@ -53,6 +53,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from runtime.records import TOKEN_HEAD
+
 from .pipeline_client import (PipelineError, PipelineHealth, PipelineStats, PreparedRequest,
                               TokenEvent, TokenLogprob)
 
@@ -72,6 +74,33 @@ class AudioStageError(PipelineError):
         super().__init__(message, retryable=status == 503)
         self.status = status
         self.clip = clip
+
+
+def _read_token_records(records: np.ndarray):
+    """One request's new token records -> (token ids, their flags or-ed, the last record's
+    finish code, the first token's t_mono_ns, logprobs or None). One record without
+    logprobs (the per-token case) is unpacked with struct: numpy field access costs a few
+    microseconds per call, on the path of every streamed token."""
+    from runtime.records import FLAG_LOGPROBS
+
+    if len(records) == 1:
+        _, t_ns, _, token, flags, finish, _, _, _ = TOKEN_HEAD.unpack_from(records)
+        if not flags & FLAG_LOGPROBS:
+            return ((token,) if token >= 0 else ()), flags, finish, t_ns, None
+    if not len(records):
+        return (), 0, 0, 0, None
+    flags = int(np.bitwise_or.reduce(records["flags"]))
+    with_token = records[records["token_id"] >= 0]
+    ids = tuple(int(t) for t in with_token["token_id"])
+    logprobs = None
+    if flags & FLAG_LOGPROBS:
+        logprobs = tuple(
+            TokenLogprob(int(r["token_id"]), float(r["logprob"]),
+                         tuple((int(i), float(v)) for i, v in
+                               zip(r["top_ids"][:r["n_top"]], r["top_logprobs"][:r["n_top"]])))
+            for r in with_token)
+    first_ns = int(with_token[0]["t_mono_ns"]) if len(ids) else 0
+    return ids, flags, int(records[-1]["finish"]), first_ns, logprobs
 
 
 class ShmPipelineClient:
@@ -165,32 +194,47 @@ class ShmPipelineClient:
 
     # --- requests -----------------------------------------------------------------------
     def submit(self, request: PreparedRequest) -> AsyncIterator[TokenEvent]:
-        return self._run(request)
-
-    async def _run(self, req: PreparedRequest) -> AsyncIterator[TokenEvent]:
+        """A text-only request is published before this returns (its ids travel in the
+        message, or a long prompt's go into a free prompts slot): at once, with no hop to a
+        worker thread and back (0.3-1 ms on a busy host). Media (a pool may make the write
+        wait for a free slot) and a full prompts pool go through a worker thread on the first
+        iteration, which also publishes (Cyclone writers are thread-safe). A failure is
+        raised by the first iteration. ``cancel(request_id)`` forgets the request even when
+        its events were never iterated."""
         from runtime.compute import request_key
 
-        key = request_key(req.request_id)
-        queue: asyncio.Queue = asyncio.Queue()
-        self._queues[key] = queue
-        self._by_id[req.request_id] = key
-        try:
-            down = self._stages_down()
-            if down:
-                # A request written now would wait for a stage that is not there to read it.
-                raise PipelineError(f"the pipeline is not ready: {down}", retryable=True)
+        key = request_key(request.request_id)
+        self._queues[key] = asyncio.Queue()
+        self._by_id[request.request_id] = key
+        failure, published = None, False
+        down = self._stages_down()
+        if down:
+            # A request written now would wait for a stage that is not there to read it.
+            failure = PipelineError(f"the pipeline is not ready: {down}", retryable=True)
+        else:
             try:
-                # A text-only request is published right here (its ids travel in the message,
-                # or a long prompt's go into a free prompts slot): a hop to a worker thread
-                # and back cost 0.3-1 ms on a busy host. Media (a pool may make the write
-                # wait for a free slot) and a full prompts pool go through a worker thread,
-                # which also publishes (no hop back to the loop first; Cyclone writers are
-                # thread-safe).
-                if not self._submit_inline(req):
+                published = self._submit_inline(request)
+            except Exception as exc:  # DDS write failed, ...
+                failure = self._cannot_take(exc)
+        return self._run(request, key, published, failure)
+
+    @staticmethod
+    def _cannot_take(exc: Exception) -> PipelineError:
+        return PipelineError(f"the pipeline cannot take the request now: {exc}", retryable=True)
+
+    async def _run(self, req: PreparedRequest, key: int, published: bool,
+                   failure: PipelineError | None) -> AsyncIterator[TokenEvent]:
+        queue = self._queues.get(key)
+        try:
+            if failure is not None:
+                raise failure
+            if queue is None:   # cancelled before its events were read
+                raise PipelineError("the request was cancelled")
+            if not published:
+                try:
                     await asyncio.to_thread(self._submit_request, req)
-            except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
-                raise PipelineError(f"the pipeline cannot take the request now: {exc}",
-                                    retryable=True) from exc
+                except Exception as exc:  # pool full past the timeout, DDS write blocked, ...
+                    raise self._cannot_take(exc) from exc
             produced = 0
             stop_ids = set(req.sampling.stop_token_ids)
             while True:
@@ -198,11 +242,8 @@ class ShmPipelineClient:
                 if isinstance(item, PipelineError):
                     yield TokenEvent(finish_reason="error", error=str(item))
                     return
-                records = item
-                from runtime.records import (FINISH_NAMES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS)
-                flags = int(np.bitwise_or.reduce(records["flags"])) if len(records) else 0
-                with_token = records[records["token_id"] >= 0]
-                ids = tuple(int(t) for t in with_token["token_id"])
+                from runtime.records import FINISH_NAMES, FLAG_ERROR, FLAG_LAST
+                ids, flags, finish_code, first_ns, logprobs = _read_token_records(item)
                 if flags & FLAG_ERROR:
                     # The stage's error event says why; it travels over DDS, usually a moment
                     # behind the ring record.
@@ -215,29 +256,24 @@ class ShmPipelineClient:
                         pass
                     yield TokenEvent(ids, finish_reason="error", error=detail)
                     return
-                logprobs = None
-                if flags & FLAG_LOGPROBS:
-                    logprobs = tuple(
-                        TokenLogprob(int(r["token_id"]), float(r["logprob"]),
-                                     tuple((int(i), float(v)) for i, v in
-                                           zip(r["top_ids"][:r["n_top"]],
-                                               r["top_logprobs"][:r["n_top"]])))
-                        for r in with_token)
                 produced += len(ids)
                 finish = None
                 if flags & FLAG_LAST:
-                    finish = FINISH_NAMES.get(int(records[-1]["finish"]))
+                    finish = FINISH_NAMES.get(finish_code)
                     if finish is None:  # a producer that does not say why (minimal stage)
                         finish = "stop" if (ids and ids[-1] in stop_ids) else (
                             "length" if produced >= req.sampling.max_tokens else "stop")
-                first = (int(with_token[0]["t_mono_ns"]) / 1e9
-                         if len(ids) and produced == len(ids) else 0.0)
+                first = first_ns / 1e9 if len(ids) and produced == len(ids) else 0.0
                 yield TokenEvent(ids, logprobs, finish, first_token_time=first)
                 if finish:
                     return
         finally:
+            self._forget(req.request_id)
+
+    def _forget(self, request_id: str) -> None:
+        key = self._by_id.pop(request_id, None)
+        if key is not None:
             self._queues.pop(key, None)
-            self._by_id.pop(req.request_id, None)
 
     def _submit_request(self, req: PreparedRequest) -> None:
         """Put the request's media and prompt into shm and publish it (blocking)."""
@@ -310,6 +346,7 @@ class ShmPipelineClient:
     async def cancel(self, request_id: str) -> None:
         from control.messages import Cancel
 
+        self._forget(request_id)   # its records, still coming, are dropped
         if self._plane is not None:
             self._w_cancel.write(Cancel(request_id=request_id, reason="gateway"))
 
@@ -323,7 +360,7 @@ class ShmPipelineClient:
             self.lost_records += batch.lost
         recs = batch.records
         if len(recs) == 1:  # the common case at low load: no grouping
-            q = self._queues.get(int(recs[0]["request_key"]))
+            q = self._queues.get(TOKEN_HEAD.unpack_from(recs)[0])
             if q is not None:
                 q.put_nowait(recs)
             return

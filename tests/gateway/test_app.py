@@ -113,6 +113,23 @@ def test_stop_string_finishes_and_cancels(glm_tok):
     assert [r.request_id for r in pipe.submitted] == pipe.cancelled
 
 
+def test_a_generation_closed_unread_cancels_its_submitted_request(glm_tok):
+    """Generation submits when made (the pipeline starts before the response does); closed
+    without a read (the client left before the response started), it still cancels."""
+    from execution.generation import Generation, GenerationTotals, OutputOptions
+    from execution.pipeline_client import PreparedRequest, SamplingParams
+
+    async def main():
+        pipe = ScriptedPipeline(glm_tok, SCRIPT)
+        gen = Generation(pipe, PreparedRequest("g1", (1, 2), SamplingParams()),
+                         glm_tok.decode, OutputOptions(), GenerationTotals())
+        assert [r.request_id for r in pipe.submitted] == ["g1"] and pipe.cancelled == []
+        await gen.aclose()
+        await gen.aclose()                      # once only
+        return pipe
+    assert asyncio.run(main()).cancelled == ["g1"]
+
+
 def test_max_tokens_gives_length(glm_tok):
     pipe = ScriptedPipeline(glm_tok, SCRIPT)
     with running_gateway(glm_tok, pipe) as (url, _):

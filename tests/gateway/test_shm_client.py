@@ -77,6 +77,38 @@ def test_client_round_trip_and_image(pipeline):
     asyncio.run(main())
 
 
+def test_a_text_request_is_published_by_submit_itself(pipeline):
+    """submit() publishes a text request before its events are read (the pipeline starts
+    while the gateway sets the HTTP response up), and a cancel before they are read ends it."""
+    from execution.pipeline_client import PipelineError
+    from shm.ring import Ring
+
+    async def main():
+        client = ShmPipelineClient(pipeline)
+        await client.start()
+        tokens = Ring.attach(pipeline, "tokens")
+        try:
+            assert await client.wait_for_stages(N_STAGES, 20)
+            before = tokens.written
+            events = client.submit(PreparedRequest(
+                "t-eager", (1, 2, 3), SamplingParams(max_tokens=3, stop_token_ids=(99999,))))
+            deadline = time.monotonic() + 10
+            while tokens.written < before + 3:    # generated with nobody reading yet
+                assert time.monotonic() < deadline, "submit() did not publish the request"
+                await asyncio.sleep(0.01)
+            assert [t for ev in [ev async for ev in events] for t in ev.token_ids] == \
+                expected_no_media(3)
+
+            events = client.submit(PreparedRequest("t-gone", (1, 2), SamplingParams(max_tokens=3)))
+            await client.cancel("t-gone")
+            with pytest.raises(PipelineError, match="cancelled"):
+                [ev async for ev in events]
+        finally:
+            tokens.close()
+            await client.close()
+    asyncio.run(main())
+
+
 def test_http_through_launched_pipeline(pipeline, glm_tok):
     from .harness import running_gateway
     client = ShmPipelineClient(pipeline)
