@@ -581,9 +581,12 @@ class ModelDecisionStage:
             return
         now = time.monotonic()
         every = STATS_EVERY_S if self.engine.requests else STATS_IDLE_EVERY_S
-        # A request that came or went is said at once (metrics and tests read it).
+        # A request that came or went is said at once (metrics and tests read it), unless
+        # the engine is stepping: then the next periodic record says it. Written between a
+        # prefill and the first decode step, it cost each request ~0.15 ms on the 2-core host.
         sig = (len(self.engine.requests), self.finished)
-        if now - self._stats_at < every and sig == getattr(self, "_stats_sig", None):
+        if now - self._stats_at < every and (sig == getattr(self, "_stats_sig", None)
+                                             or self.engine.has_runnable()):
             return
         self._stats_at, self._stats_sig = now, sig
         self._stats_writer.write(self.stats_record())
