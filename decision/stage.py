@@ -31,7 +31,8 @@ import time
 import numpy as np
 
 from runtime.compute import request_key, slot_ref
-from runtime.records import FLAG_LAST, TOKEN_RECORD
+from runtime.records import (ENGINE_STATS_RECORD, FINISH_CODES, FLAG_ERROR, FLAG_LAST,
+                             FLAG_LOGPROBS, MAX_TOP_LOGPROBS, TOKEN_HEAD, TOKEN_RECORD)
 
 
 class MinimalDecisionStage:
@@ -267,8 +268,6 @@ class ModelDecisionStage:
                                  else n_modalities)
 
     def _prompt_ids(self, req, extra) -> list[int]:
-        from runtime.compute import slot_ref
-
         if req.prompt.channel:
             ref = slot_ref(req.prompt)
             with self.ctx.pool(ref.channel).view(ref) as arr:
@@ -354,8 +353,6 @@ class ModelDecisionStage:
             self._release_events(self.early.pop(ev.request_id))
 
     def _provide(self, ev) -> None:
-        from runtime.compute import slot_ref
-
         rid = ev.request_id
         ref = slot_ref(ev.output)
         pool = self.ctx.pool(ref.channel)
@@ -392,8 +389,6 @@ class ModelDecisionStage:
             self.engine.release_views(keep=True, limit=short)
 
     def _release_events(self, events) -> None:
-        from runtime.compute import slot_ref
-
         for ev in events:
             try:
                 self.ctx.pool(ev.output.channel).release(slot_ref(ev.output))
@@ -443,10 +438,6 @@ class ModelDecisionStage:
     def _write(self, records, step: tuple[int, int] | None = None) -> None:
         """Token records of one step into the ring; ``step`` = the step's (start, end)
         monotonic ns, for its spans."""
-        from runtime.compute import request_key
-        from runtime.records import (FINISH_CODES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS,
-                                     MAX_TOP_LOGPROBS, TOKEN_HEAD, TOKEN_RECORD)
-
         rows = []     # (scalar fields, (top ids, top logprobs) or None) per record
         now = time.monotonic_ns()
         ends, firsts, decoded, decoded_index = [], [], [], []
@@ -553,7 +544,6 @@ class ModelDecisionStage:
     # --- stats ---------------------------------------------------------------------------------
     def stats_record(self):
         from decision.engine import RequestStatus
-        from runtime.records import ENGINE_STATS_RECORD
 
         e = self.engine
         rec = np.zeros((), dtype=ENGINE_STATS_RECORD)

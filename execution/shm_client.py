@@ -53,7 +53,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from runtime.records import TOKEN_HEAD
+from runtime.compute import request_key, shm_ref
+from runtime.records import FINISH_NAMES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS, TOKEN_HEAD
 
 from .pipeline_client import (PipelineError, PipelineHealth, PipelineStats, PreparedRequest,
                               TokenEvent, TokenLogprob)
@@ -81,8 +82,6 @@ def _read_token_records(records: np.ndarray):
     finish code, the first token's t_mono_ns, logprobs or None). One record without
     logprobs (the per-token case) is unpacked with struct: numpy field access costs a few
     microseconds per call, on the path of every streamed token."""
-    from runtime.records import FLAG_LOGPROBS
-
     if len(records) == 1:
         _, t_ns, _, token, flags, finish, _, _, _ = TOKEN_HEAD.unpack_from(records)
         if not flags & FLAG_LOGPROBS:
@@ -201,8 +200,6 @@ class ShmPipelineClient:
         iteration, which also publishes (Cyclone writers are thread-safe). A failure is
         raised by the first iteration. ``cancel(request_id)`` forgets the request even when
         its events were never iterated."""
-        from runtime.compute import request_key
-
         key = request_key(request.request_id)
         self._queues[key] = asyncio.Queue()
         self._by_id[request.request_id] = key
@@ -242,7 +239,6 @@ class ShmPipelineClient:
                 if isinstance(item, PipelineError):
                     yield TokenEvent(finish_reason="error", error=str(item))
                     return
-                from runtime.records import FINISH_NAMES, FLAG_ERROR, FLAG_LAST
                 ids, flags, finish_code, first_ns, logprobs = _read_token_records(item)
                 if flags & FLAG_ERROR:
                     # The stage's error event says why; it travels over DDS, usually a moment
@@ -294,7 +290,6 @@ class ShmPipelineClient:
         """The Request message, its media and prompt written into shm. With ``wait=False``
         (text-only requests) None when the prompts pool has no free slot now."""
         from control.messages import INLINE_PROMPT_TOKENS, Request, SamplingParams, pack_extra
-        from runtime.compute import shm_ref
 
         t_shm = time.monotonic_ns()  # the gateway.shm_write span starts
         modalities, media = [], []
@@ -394,7 +389,6 @@ class ShmPipelineClient:
         Blocking: called from a worker thread (the preparer's), never on the event loop,
         whose pump resolves the answers. Raises AudioStageError (see the module docstring)."""
         from control.messages import StageEvent
-        from runtime.compute import shm_ref
 
         if self._plane is None:
             raise AudioStageError("the gateway is not connected to the pipeline", 503)
