@@ -359,8 +359,9 @@ class ReaderSet:
             raise
 
     def has_messages(self) -> bool:
-        """Whether some reader holds a message now, without waiting: one DDS call (about
-        1 us) instead of a take on every reader (about 8 us for five)."""
+        """Whether some reader holds a message now, without waiting: one DDS call instead of
+        a take on every reader. Measured on the 2-core VM: 1.6 us warm, 21 us right after
+        other work evicted the cache (an empty take is 0.5 / 6 us, per reader)."""
         return self.wait(0)
 
     def close(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -32,11 +31,10 @@ from .errors import APIError, body_too_large, invalid, server_error, unauthorize
 from .generation import Generation, GenerationTotals, OutputDelta
 from .metrics import CONTENT_TYPE, GatewayMetrics
 from .openai_schema import SchemaLimits, parse_chat_request, parse_json_body
-from .pipeline_client import PipelineClient, PipelineError, TokenLogprob
+from .pipeline_client import PipelineClient, PipelineError
 from .prepare import RequestPreparer, decode_ids_fn, token_text_fn
 from .response_cache import CachedResponse, ResponseCache, cache_key
-from .streaming import (DONE, ChunkBuilder, completion_body, logprobs_dict, new_completion_id,
-                        usage_dict)
+from .streaming import DONE, ChunkBuilder, completion_body, logprobs_dict, usage_dict
 
 log = logging.getLogger("autoglm.gateway")
 
