@@ -266,6 +266,10 @@ class SlotPool:
         # than clearing the writeable flag on every read.
         self._ro = memoryview(seg.mm).toreadonly()
         self._producer_pid = 0
+        # slot -> (dtype code, shape, torch view) of its last read_torch: a phone's screenshots
+        # share one size, so the view over a slot is usually wanted again as it was, and a
+        # dict hit saves the ~25 us its cold numpy and torch construction took.
+        self._torch_views: dict[int, tuple] = {}
         descr = h["dtype_descr"][()].decode()
         self.dtype_constraint: str | None = descr or None
         self.path = seg.path
@@ -304,6 +308,7 @@ class SlotPool:
 
     def close(self) -> None:
         self._slots = None
+        self._torch_views.clear()
         for k in [k for k in vars(self) if k.startswith("_f_")]:
             setattr(self, k, None)
         if self._ro is not None:
@@ -316,6 +321,17 @@ class SlotPool:
 
     def unlink(self) -> None:
         self._seg.unlink()
+
+    def data_region(self) -> tuple[int, int]:
+        """(address, length) of the slots' payload bytes in this process's mapping: what a
+        consumer page-locks for DMA (cudaHostRegister). The address is valid until close()."""
+        import ctypes
+
+        head = ctypes.c_char.from_buffer(self._seg.mm, self._data_offset)
+        try:
+            return ctypes.addressof(head), self.n_slots * self._stride
+        finally:
+            del head   # no buffer export may outlive this call (close() unmaps)
 
     def __enter__(self):
         return self
@@ -490,17 +506,24 @@ class SlotPool:
     def read_torch(self, ref: SlotRef, *, dtype=None, shape=None):
         """Zero-copy CPU torch tensor over the slot (torch imported only here). The tensor is
         technically writable (torch has no read-only tensors); consumers must not write it."""
+        code, shp = self._hold(ref)
+        if dtype is not None or shape is not None:
+            try:
+                self._expect(ref, code, shp, dtype, shape)
+            except PayloadError:
+                self._unhold(ref)
+                raise
+        cached = self._torch_views.get(ref.slot)
+        if cached is not None and cached[0] == code and cached[1] == shp:
+            return cached[2]
         import torch
 
-        code, shp = self._hold(ref)
-        try:
-            self._expect(ref, code, shp, dtype, shape)
-        except PayloadError:
-            self._unhold(ref)
-            raise
         arr = np.ndarray(shp, dtype=_np_dtype(code), buffer=self._seg.mm, offset=self._slot_offset(ref.slot))
         t = torch.from_numpy(arr)
-        return t.view(torch.bfloat16) if code == BF16 else t
+        if code == BF16:
+            t = t.view(torch.bfloat16)
+        self._torch_views[ref.slot] = (code, shp, t)
+        return t
 
     def _expect(self, ref, code, shp, dtype, shape) -> None:
         if dtype is not None:

@@ -59,6 +59,38 @@ def test_torch_roundtrip_including_bf16(inst):
     pool.release(ref)
 
 
+def test_read_torch_follows_each_payload_of_a_reused_slot(inst):
+    # The view over a slot is kept for the next read of the same dtype and shape: it must
+    # still show what the producer wrote last, and a new dtype or shape gets a view of its own.
+    pool = inst.create_pool("emb", 1 << 16, 1)
+    consumer = SlotPool.attach(inst.name, "emb")
+    for payload in (torch.randn(7, 33, dtype=torch.bfloat16), torch.randn(7, 33, dtype=torch.bfloat16),
+                    torch.randn(5, 33, dtype=torch.bfloat16), torch.arange(12, dtype=torch.int32),
+                    torch.randn(7, 33, dtype=torch.bfloat16)):
+        ref = pool.put(payload)
+        got = consumer.read_torch(ref)
+        assert got.dtype == payload.dtype and got.shape == payload.shape
+        assert torch.equal(got, payload)
+        consumer.release(ref)
+        with pytest.raises(StaleSlotError):
+            consumer.read_torch(ref)      # given back: the kept view does not bypass the check
+    assert pool.free_slots() == 1
+
+
+def test_data_region_is_the_payload_bytes_of_the_mapping(inst):
+    import ctypes
+
+    pool = inst.create_pool("emb", 5000, 3)
+    address, length = pool.data_region()
+    assert length == 3 * 8192                      # slots start on 4 KiB boundaries
+    assert address % 4096 == 0
+    ref = pool.put(np.arange(10, dtype=np.int64))
+    stride = length // 3
+    assert list((ctypes.c_int64 * 10).from_address(address + ref.slot * stride)) == list(range(10))
+    pool.release(ref)
+    pool.close()                                   # no buffer export left behind
+
+
 def test_slotref_is_picklable_and_msgpackable():
     import pickle
 
