@@ -16,7 +16,7 @@ sleep 2
 ls ~/.triton/cache | sort > /tmp/before.txt
 B="python3 -m launch.cli bench serve --base-url http://127.0.0.1:18502 --instance g4"
 $B --dataset random --num-prompts 40 --request-rate 2 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-h100-random.json --record $OUT/spans-text.jsonl > $OUT/serve-text.log 2>&1
-[ -n "$NO_IMAGE" ] || $B --dataset random-image --num-prompts 20 --request-rate 0.5 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-h100-random-image.json > $OUT/serve-image.log 2>&1
+[ -n "$NO_IMAGE" ] || $B --dataset random-image --num-prompts 20 --request-rate 0.5 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-h100-random-image.json --record $OUT/spans-image.jsonl > $OUT/serve-image.log 2>&1
 ls ~/.triton/cache | sort > /tmp/after.txt
 echo "kernels compiled during serving:"; for d in $(comm -13 /tmp/before.txt /tmp/after.txt); do ls ~/.triton/cache/$d | grep -v json | head -2; done
 kill -INT $LP; wait $LP

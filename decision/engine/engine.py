@@ -155,9 +155,12 @@ class LLMEngine:
 
         release: `embeddings` is a borrowed view (an shm slot) and release() gives it back.
         The engine calls it exactly once, whatever happens: at once when it copies the rows
-        anyway (another device or dtype) or does not take them (error, finished request,
-        duplicate), else when the request ends; until then the view is used in place (no
-        copy). `release_views` copies held views out early (a pool running short)."""
+        anyway (another dtype) or does not take them (error, finished request, duplicate),
+        else when the request ends. Until then the view is used in place: on the CPU as it
+        is; on a GPU the first step that needs the rows queues their copy to the device, with
+        its other inputs (a DMA when the view is page-locked, see decision.host_pinning), so
+        this call does no CUDA work. `release_views` copies held views out early (a pool
+        running short)."""
         try:
             req = self._get(request_id)
             if key not in req.modalities:
@@ -171,7 +174,8 @@ class LLMEngine:
                 raise EngineError(f"request {request_id!r} modality {key!r}: expected "
                                   f"embeddings [{rows}, {self.hidden_size}], got "
                                   f"{tuple(embeddings.shape)}")
-            rows_t = embeddings.to(device=self.device, dtype=self.dtype)
+            rows_t = embeddings if embeddings.is_cpu and embeddings.dtype == self.dtype \
+                else embeddings.to(device=self.device, dtype=self.dtype)
         except BaseException:
             call_release(release)
             raise
@@ -180,7 +184,7 @@ class LLMEngine:
             if rows_t is embeddings:     # used in place: hold the view until the request ends
                 req.borrowed[key] = release
                 self.held_views += 1
-            else:                        # copied to the device (CUDA) or dtype: give it back
+            else:                        # copied (another dtype): give it back
                 call_release(release)
         if not req.missing_modalities():
             req.status = RequestStatus.WAITING
@@ -356,7 +360,7 @@ class LLMEngine:
             else _to_device(torch.tensor(ids, dtype=torch.long), dev)
         embeds = self.model.embed(ids_t)
         for c, start in prefill:
-            for offsets, rows in c.request.embedding_rows(c.start, c.end):
+            for offsets, rows in c.request.embedding_rows(c.start, c.end, dev):
                 embeds[_to_device(offsets + start, dev)] = rows.to(embeds.dtype)
         table = lens = None
         if decodes:

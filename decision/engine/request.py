@@ -78,8 +78,10 @@ class Request:
         # Embeddings that are borrowed views (an shm slot): key -> the callback giving the
         # view back. They stay valid until released: a preempted request recomputes its
         # prompt, image rows included, so a view is held until the request ends (or copied
-        # out first, see release_views).
+        # out first, see release_views). On a GPU a view is read once, by its copy to the
+        # device (_rows_on); `copied` holds the event that says when that copy is done.
         self.borrowed: dict[str, Callable[[], None]] = {}
+        self.copied: dict[str, torch.cuda.Event] = {}
         self.inputs_embeds = inputs_embeds
         self.cacheable = cacheable
         # Roots the key chain: requests with different salts never share blocks.
@@ -124,8 +126,9 @@ class Request:
             parts.append(gen.expand(3, -1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def embedding_rows(self, start: int, end: int):
-        """(offsets within [start, end), rows) that replace token embeddings in that range."""
+    def embedding_rows(self, start: int, end: int, device: torch.device):
+        """(offsets within [start, end), rows on `device`) that replace token embeddings in
+        that range."""
         out = []
         if self.inputs_embeds is not None and start < self.num_prompt:
             stop = min(end, self.num_prompt)
@@ -133,8 +136,20 @@ class Request:
         for key, pos in self.modality_positions.items():
             sel = (pos >= start) & (pos < end)
             if bool(sel.any()):
-                out.append((pos[sel] - start, self.embeddings[key][sel.to(self.embeddings[key].device)]))
+                rows = self._rows_on(key, device)
+                out.append((pos[sel] - start, rows[sel.to(device)]))
         return out
+
+    def _rows_on(self, key: str, device: torch.device) -> torch.Tensor:
+        """The modality's rows on `device`: a host view (an shm slot) is copied there once,
+        queued on the stream, and the copy serves later chunks and a recompute too."""
+        rows = self.embeddings[key]
+        if rows.device != device:
+            rows = self.embeddings[key] = rows.to(device, non_blocking=True)
+            if key in self.borrowed:   # the slot may go back only once the copy has read it
+                done = self.copied[key] = torch.cuda.Event()
+                done.record()
+        return rows
 
     # --- modalities --------------------------------------------------------------------------
     def missing_modalities(self) -> list[str]:
@@ -148,10 +163,16 @@ class Request:
             if limit is not None and n >= limit:
                 break
             release = self.borrowed.pop(key)
-            if keep and key in self.embeddings:
-                self.embeddings[key] = self.embeddings[key].clone()
-            else:
+            done = self.copied.pop(key, None)
+            if done is not None:          # copied to the device: wait until the view was read
+                try:
+                    done.synchronize()
+                except RuntimeError:
+                    pass                  # a failed device reads nothing more
+            if not keep:
                 self.embeddings.pop(key, None)
+            elif done is None and key in self.embeddings:   # the rows are still the view
+                self.embeddings[key] = self.embeddings[key].clone()
             call_release(release)
             n += 1
         return n

@@ -189,3 +189,43 @@ def test_release_views_without_keep_for_a_discarded_engine(decoder, pool):
     engine.provide_modality("r", "image0", b.view, release=b)
     assert engine.release_views(keep=False) == 1
     assert b.calls == 1 and engine.held_views == 0 and pool.free_slots() == 4
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_a_page_locked_view_is_copied_to_the_gpu_by_the_step(checkpoint, pool):
+    """On a GPU the hand-off does no CUDA work: the step that needs the rows queues their copy
+    (a DMA from the page-locked pool), and the slot goes back only once that copy is done."""
+    from decision.decoder import GlmDecoder
+    from decision.host_pinning import PinnedPools
+
+    model_dir, _ = checkpoint
+    dec = GlmDecoder.from_pretrained(model_dir, dtype=torch.float32, device="cuda")
+    pinned = PinnedPools()
+    assert pinned.pin(pool) is None
+    try:
+        emb, other = image(40), image(41)
+        b, c = Borrow(pool, put(pool, emb)), Borrow(pool, put(pool, other))
+        assert b.view.is_pinned()
+        engine = make_engine(dec)
+        request(engine, "r")
+        request(engine, "s")
+        engine.provide_modality("r", "image0", b.view, release=b)
+        engine.provide_modality("s", "image0", c.view, release=c)
+        assert engine.requests["r"].embeddings["image0"].data_ptr() == b.view.data_ptr()
+        first = {r.request_id: [r.token_id] for r in engine.step()}     # both prefills
+        assert engine.requests["r"].embeddings["image0"].is_cuda
+        assert (b.calls, c.calls, engine.held_views) == (0, 0, 2)
+        assert engine.release_views(keep=True, limit=1) == 1   # on the device already: no clone
+        given_back, kept = (b, c) if b.calls else (c, b)
+        assert (given_back.calls, kept.calls, engine.held_views) == (1, 0, 1)
+        stranger = pool.put(torch.full((N_IMG, 128), 9.0).numpy())   # its slot rewritten
+        out, _ = run_to_end(engine)
+        pool.release(stranger)
+        assert kept.calls == 1 and engine.held_views == 0 and pool.free_slots() == 4
+        for rid, e in (("r", emb), ("s", other)):
+            assert first[rid] + out[rid] == reference(dec, e)
+    finally:
+        pinned.unpin()
