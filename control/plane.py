@@ -151,10 +151,13 @@ class ControlPlane:
         self._endpoints.append(w)
         return w
 
-    def reader(self, spec: TopicSpec, *, observer: bool = False) -> "Reader":
+    def reader(self, spec: TopicSpec, *, observer: bool = False,
+               own_writes: bool = True) -> "Reader":
         """A reader of ``spec``. ``observer=True`` uses the table's observer QoS: for tools
-        that watch without back-pressuring the pipeline (see control.topics)."""
-        r = Reader(self, spec, observer=observer)
+        that watch without back-pressuring the pipeline (see control.topics).
+        ``own_writes=False``: samples of this plane's own writers are not delivered to it
+        (DDS ignore-local), so a process is not woken to deserialise what it wrote itself."""
+        r = Reader(self, spec, observer=observer, own_writes=own_writes)
         self._endpoints.append(r)
         return r
 
@@ -233,11 +236,14 @@ class Reader(Generic[T]):
     Each returned message keeps cyclonedds' ``sample_info`` attribute.
     """
 
-    def __init__(self, plane: ControlPlane, spec: TopicSpec, *, observer: bool = False) -> None:
+    def __init__(self, plane: ControlPlane, spec: TopicSpec, *, observer: bool = False,
+                 own_writes: bool = True) -> None:
         self.plane = plane
         self.spec = spec
         self.observer = observer
         qos = spec.profile.observer_qos() if observer else spec.profile.reader_qos()
+        if not own_writes:
+            qos = qos + Qos(Policy.IgnoreLocal.Participant)
         self._dr = DataReader(plane._subscriber, plane.topic(spec), qos=qos)
         self._waitset = WaitSet(plane._participant)
         self._data_cond = ReadCondition(

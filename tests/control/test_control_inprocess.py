@@ -219,6 +219,23 @@ def test_reader_set_wakes_on_any_of_its_readers():
             ReaderSet(plane, [other.reader(t.REQUEST)])
 
 
+def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
+    with ControlPlane(unique_instance("own"), "node") as plane, \
+            ControlPlane(plane.instance, "other") as other:
+        mine, everything = plane.reader(t.STAGE_EVENT, own_writes=False), plane.reader(t.STAGE_EVENT)
+        w_mine, w_other = plane.writer(t.STAGE_EVENT), other.writer(t.STAGE_EVENT)
+        assert everything.wait_for_writers(2, timeout=10) and mine.wait_for_writers(1, timeout=10)
+        w_mine.write(m.StageEvent(request_id="own", kind="started"))
+        w_other.write(m.StageEvent(request_id="theirs", kind="started"))
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += [e.request_id for e in everything.take(timeout=0.5)]
+        assert sorted(got) == ["own", "theirs"]                # the default: both
+        assert [e.request_id for e in mine.take(timeout=1.0)] == ["theirs"]
+        assert mine.take(timeout=0.3) == []
+
+
 def test_async_reader_delivers_in_order_without_blocking_the_loop():
     instance = unique_instance("aio")
 
