@@ -256,3 +256,16 @@ def unpack_extra(extra) -> dict:
     import msgpack
 
     return msgpack.unpackb(bytes(extra), raw=False) if extra else {}
+
+
+# Every type above gets the compiled codec (control.fastcdr): the same bytes as cyclonedds'
+# generic one, several times faster to write and to read.
+def _install_codecs() -> None:
+    from . import fastcdr
+
+    for cls in (ShmRef, SamplingParams, Request, Cancel, StageEvent, LifecycleCommand,
+                StageState, Heartbeat, ConfigValue, TraceSpan):
+        fastcdr.install(cls)
+
+
+_install_codecs()
