@@ -3,8 +3,8 @@
 The engine copies the embedding rows of an shm slot to the GPU in the step that first needs
 them. From ordinary (pageable) memory the driver stages such a copy through a bounce buffer and
 the step waits for it; with the pool's own pages locked (cudaHostRegister, once at start) it is
-a DMA queued on the stream with the step's other work, and the slot goes back once it is done
-(decision.engine.request). The prompts pool is an input too and is locked along (8 MiB; its ids
+a DMA queued on the stream with the step's other work, and the slot is not given back before
+it is done (decision.engine.request). The prompts pool is an input too and is locked along (8 MiB; its ids
 never go to the GPU, but telling the pools apart would cost more code than the pages).
 """
 from __future__ import annotations
