@@ -26,7 +26,8 @@ _LITTLE = sys.byteorder == "little"
 
 
 class Unsupported(TypeError):
-    """A machine this module has no closure for: the type keeps cyclonedds' codec."""
+    """A machine this module has no closure for, raised when the type is installed: extend
+    this module, or leave the type out of control.messages._install_codecs."""
 
 
 # Offsets count from the end of the 4-byte header, as CDR alignment does: the pad before a
