@@ -1,7 +1,8 @@
 #!/bin/bash
 # The serving figures of the GPU machine (benchmarks/results/serve-h100-*.json): launch the
 # full pipeline (embedded default model, model stages on CUDA) and run `bench serve` on text
-# and, unless NO_IMAGE is set, on images; results and logs go to $OUT. Run through the device
+# and, unless NO_IMAGE is set, on images; results, logs and each run's spans (spans-text.jsonl,
+# spans-image.jsonl, for `autoglm profile --input`) go to $OUT. Run through the device
 # tool from the repository root, with the cp312 wheels the machine lacks in .whl/ (carried).
 # Triton's cache is cleared first, so kernels compiled while serving show (and are listed).
 rm -rf ~/.triton/cache
