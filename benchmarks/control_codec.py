@@ -29,7 +29,7 @@ def _messages():
                                                   stop_token_ids=[151329, 151336, 151338]),
                         extra=list(b"\x81\xa4echo\xc2"))
     event = m.StageEvent(request_id=request.request_id, t_mono_ns=time.monotonic_ns(),
-                         source="decision", kind="started")
+                         source="decision", kind="done")
     return {"Request": request, "StageEvent": event}
 
 

@@ -58,12 +58,11 @@ class LifecycleCommands:
 class EventKinds:
     """Values of ``StageEvent.kind``."""
 
-    STARTED = "started"  # a stage began work on the request
     MODALITY_READY = "modality_ready"  # embeddings of ``modality`` are in ``output``
     DONE = "done"  # the stage finished the request
     CANCELLED = "cancelled"
     ERROR = "error"  # ``detail`` and ``code`` say what went wrong
-    ALL = (STARTED, MODALITY_READY, DONE, CANCELLED, ERROR)
+    ALL = (MODALITY_READY, DONE, CANCELLED, ERROR)
 
 
 class Modalities:
@@ -152,6 +151,7 @@ class StageEvent(IdlStruct, typename="autoglm.control.StageEvent"):
     grid_thw: sequence[int32] = field(default_factory=list)  # vision (t, h, w) grids, flat
     code: int32 = 0  # error code, 0 when none
     detail: str = ""  # error message or free text
+    t_begin_ns: int64 = 0  # done/cancelled/error: when the stage took the request (0: never)
 
 
 @dataclass

@@ -118,7 +118,6 @@ class ShmPipelineClient:
         self._by_id: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._ring_reader = None
-        self._started_at: dict[tuple[str, str], int] = {}
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
         self._states: dict[str, str] = {}
         self.lost_records = 0
@@ -369,13 +368,10 @@ class ShmPipelineClient:
         async for ev in self._events:
             if ev.request_id in self._transcripts:
                 self._route_transcript(ev)
-            stage_key = (ev.request_id, ev.source)
-            if ev.kind == "started":
-                self._started_at[stage_key] = int(ev.t_mono_ns)
-            elif ev.kind in ("done", "error", "cancelled"):
-                t0 = self._started_at.pop(stage_key, None)
-                if t0 is not None and ev.t_mono_ns >= t0:
-                    self._stage_lat[ev.source].append((int(ev.t_mono_ns) - t0) / 1e9)
+            if ev.t_begin_ns and ev.kind in ("done", "error", "cancelled"):
+                # The stage's hold of the request: it took it at t_begin_ns.
+                if ev.t_mono_ns >= ev.t_begin_ns:
+                    self._stage_lat[ev.source].append((ev.t_mono_ns - ev.t_begin_ns) / 1e9)
             if ev.kind == "error":
                 key = self._by_id.get(ev.request_id)
                 if key is not None and key in self._queues:

@@ -5,13 +5,15 @@ import json
 
 from .instance_name import add_instance_arg, check_instance
 
+MAX_HELD_SHOWN = 8   # request ids `node info` prints of a stage's in-flight board
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("node", help="stages of a running pipeline: state, pid, cores, heartbeat",
                               description="Joins the instance's DDS domain as a passive reader.")
     sub = p.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
     ls = sub.add_parser("list", help="every stage: name, pid, state, cores, heartbeat age, restarts, CPU%%, RSS")
-    info = sub.add_parser("info", help="one stage in detail, with its topics")
+    info = sub.add_parser("info", help="one stage in detail: its topics, the requests it holds")
     info.add_argument("name", help="stage name")
     for q in (ls, info):
         add_instance_arg(q)
@@ -62,8 +64,10 @@ def _info(args) -> int:
     if not rows:
         raise SystemExit(f"autoglm node: no stage {args.name!r} in instance {args.instance!r}")
     r = rows[0]
+    from shm.inflight import read_board
+    holding = read_board(args.instance, r.name) if r.alive else []  # the stage's board
     if args.json:
-        print(json.dumps(r.as_dict(), indent=2))
+        print(json.dumps({**r.as_dict(), "holding": holding}, indent=2))
         return 0
     cpu = "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}%"
     print(f"node {r.name} (instance {args.instance})")
@@ -72,6 +76,9 @@ def _info(args) -> int:
     print(f"  cores          {r.cores} (read back from the OS; announced {r.cores_announced or '-'})")
     print(f"  heartbeat age  {_fmt_age(r.heartbeat_age_s)}")
     print(f"  in flight      {'-' if r.in_flight is None else r.in_flight}")
+    shown = ", ".join(holding[:MAX_HELD_SHOWN]) + (
+        f" (+{len(holding) - MAX_HELD_SHOWN} more)" if len(holding) > MAX_HELD_SHOWN else "")
+    print(f"  holding        {shown or '-'}")
     print(f"  restarts       {r.restarts}")
     print(f"  cpu            {cpu}")
     print(f"  rss            {_fmt_mib(r.rss_bytes)}")

@@ -7,8 +7,8 @@ stays bound to a thread that lives as long as the launcher):
 * reads heartbeats, stage states and stage events from DDS;
 * marks a stage dead when its process exits (at once) or when its last heartbeat is older than
   `dead_after_s` (3 s), kills what is left of it, publishes the `dead` state;
-* fails every request the stage had taken (a `started` event from it without a later
-  done/error/cancelled) with an `error` event naming the stage;
+* fails every request the stage had taken (the ids on its in-flight board in shared memory,
+  shm.inflight) with an `error` event naming the stage;
 * restarts it after a backoff that doubles per consecutive failure (capped), unless it failed
   `crash_loop_failures` times within `crash_loop_window_s`: then it stays down, reported as
   crash-looping.
@@ -31,7 +31,6 @@ MAX_BACKOFF_S = 10.0
 # A stage gets this long to send its first heartbeat (imports, DDS discovery, model load).
 STARTUP_GRACE_S = 30.0
 STOP_GRACE_S = 5.0
-TERMINAL_EVENTS = ("done", "error", "cancelled")
 SUPERVISOR_NODE = "launcher"
 
 
@@ -50,7 +49,6 @@ class StageProcess:
     ready_reported: bool = False
     down: bool = False           # marked dead by us; cleared when restarted
     last_exit: str = ""
-    in_flight: set = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -87,7 +85,6 @@ class Supervisor:
         self.w_event = self.plane.writer(t.STAGE_EVENT)
         self.r_hb = self.plane.reader(t.HEARTBEAT)
         self.r_state = self.plane.reader(t.STAGE_STATE)
-        self.r_event = self.plane.reader(t.STAGE_EVENT)
         # Config values are kept alive here: a transient-local value reaches stages that start
         # later (restarts) only while some writer still holds it, and the CLI or script that
         # set it usually exits at once.
@@ -169,25 +166,11 @@ class Supervisor:
                         sp.last_heartbeat = now
                     if self.on_ready:
                         self.on_ready(sp)
-        for ev in self.r_event.take(0):
-            sp = self.stages.get(ev.source)
-            if sp is None:
-                # An error from anyone (e.g. us) ends the request everywhere.
-                if ev.kind == "error":
-                    for other in self.stages.values():
-                        other.in_flight.discard(ev.request_id)
-                continue
-            if ev.kind == "started":
-                sp.in_flight.add(ev.request_id)
-            elif ev.kind in TERMINAL_EVENTS:
-                sp.in_flight.discard(ev.request_id)
 
     def _mark_dead(self, sp: StageProcess, reason: str, now: float) -> None:
         from control.messages import StageEvent
 
         self._kill(sp)
-        # Events it wrote before dying may still be queued: account for them first.
-        self._read_dds(now)
         sp.state = State.DEAD.value
         sp.down = True
         sp.last_exit = reason
@@ -195,8 +178,7 @@ class Supervisor:
         while sp.failures and now - sp.failures[0] > self.spec.crash_loop_window_s:
             sp.failures.popleft()
         sp.consecutive_failures += 1
-        failed = sorted(sp.in_flight)
-        sp.in_flight.clear()
+        failed = self._take_board(sp)
         for rid in failed:
             self.w_event.write(StageEvent(
                 request_id=rid, kind="error", code=503,
@@ -214,6 +196,18 @@ class Supervisor:
             self.log(f"[launch] {sp.name} (pid {sp.pid}) dead: {detail}"
                      + (f"; failed {len(failed)} in-flight request(s)" if failed else ""))
         self._publish_state(sp, State.DEAD.value, detail)
+
+    def _take_board(self, sp: StageProcess) -> list[str]:
+        """The requests the dead stage held, from its in-flight board, which is removed:
+        a second death before the restarted stage makes its own fails nobody twice."""
+        from shm.inflight import board_path, read_board
+
+        failed = read_board(self.instance, sp.name)
+        try:
+            os.unlink(board_path(self.instance, sp.name))
+        except FileNotFoundError:
+            pass
+        return failed
 
     def _publish_state(self, sp: StageProcess, state: str, detail: str) -> None:
         from control.messages import StageState

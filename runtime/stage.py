@@ -18,9 +18,10 @@
    exit 0.
 
 The compute never sees DDS: it talks through `StageContext` (pool/ring access and request
-bookkeeping: begin / emit / finish / fail). `begin` and `finish` publish the `started` and
-`done` events from which the supervisor knows which requests a stage holds, so it can fail them
-if the stage dies.
+bookkeeping: begin / emit / finish / fail). `begin` notes the request on the stage's in-flight
+board in shared memory (shm.inflight), from which the launcher fails the requests of a stage
+that died; `finish` clears it and publishes the `done` (or `cancelled` / `error`) event, which
+carries when the stage took the request (``t_begin_ns``).
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class StageContext:
 
     # --- request bookkeeping ------------------------------------------------------------
     def begin(self, request_id: str) -> None:
-        """This stage took the request: `started` event, state busy."""
+        """This stage took the request: on the in-flight board, state busy."""
         self._rt.begin(request_id)
 
     def emit(self, kind: str, request_id: str, **fields) -> None:
@@ -132,6 +133,7 @@ class StageRuntime:
         self._lock = threading.Lock()
         self.lifecycle = Lifecycle(self._on_state_change)
         self.plane = None
+        self.board = None            # shm.inflight.InFlightBoard: the requests in in_flight
         self.compute = None
         self.ctx = None
         self._hb_seq = 0
@@ -148,6 +150,8 @@ class StageRuntime:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._open_control_plane()
+        from shm.inflight import InFlightBoard
+        self.board = InFlightBoard.create(self.instance, self.name)
         self._publish_state(State.STARTING)
         self._hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._hb.start()
@@ -289,7 +293,7 @@ class StageRuntime:
             if rid in self.in_flight:
                 return
             self.in_flight[rid] = time.monotonic_ns()
-        self.emit("started", rid)
+            self.board.add(rid)
         if self.lifecycle.state == State.READY:
             self.lifecycle.to(State.BUSY)
 
@@ -302,7 +306,8 @@ class StageRuntime:
         with self._lock:
             start = self.in_flight.pop(rid, None)
             idle = not self.in_flight
-        self.emit(kind, rid, **fields)
+            self.board.remove(rid)
+        self.emit(kind, rid, t_begin_ns=start or 0, **fields)
         if start is not None:
             # The stage's hold of the request (begin .. finish), e.g. "vision.done".
             self.tracer.emit(f"{self.name}.{kind}", rid, start)
@@ -366,6 +371,10 @@ class StageRuntime:
             if self.ctx is not None:
                 self.ctx.close()
             self.tracer.flush()
+            if self.board is not None:
+                # Left in place: requests still on it are failed by the launcher, which
+                # reads the board of any stage whose process ended.
+                self.board.close()
             self.lifecycle.to(State.DEAD)
         finally:
             if self._hb is not None:

@@ -225,8 +225,8 @@ def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
         mine, everything = plane.reader(t.STAGE_EVENT, own_writes=False), plane.reader(t.STAGE_EVENT)
         w_mine, w_other = plane.writer(t.STAGE_EVENT), other.writer(t.STAGE_EVENT)
         assert everything.wait_for_writers(2, timeout=10) and mine.wait_for_writers(1, timeout=10)
-        w_mine.write(m.StageEvent(request_id="own", kind="started"))
-        w_other.write(m.StageEvent(request_id="theirs", kind="started"))
+        w_mine.write(m.StageEvent(request_id="own", kind="done"))
+        w_other.write(m.StageEvent(request_id="theirs", kind="done"))
         got = []
         deadline = time.monotonic() + 10
         while len(got) < 2 and time.monotonic() < deadline:

@@ -182,7 +182,6 @@ def test_killed_audio_stage_is_a_clear_503_and_the_pipeline_serves_again(transcr
     mark = len(p.lines)
     # Two 30 s windows of Whisper decoding: long enough to be killed in the middle of.
     wav = encode(speechlike(59.0, 16000, seed=4), 16000, subtype="PCM_16")
-    obs = Observer(p.instance)
     result = {}
 
     def request():
@@ -195,11 +194,12 @@ def test_killed_audio_stage_is_a_clear_503_and_the_pipeline_serves_again(transcr
 
     t = threading.Thread(target=request)
     t.start()
-    try:
-        obs.wait(obs.events, lambda got: any(e.kind == "started" and e.source == "audio"
-                                             for e in got), timeout=60)
-    finally:
-        obs.close()
+    # Killed once it holds the request (on its in-flight board).
+    from shm.inflight import read_board
+    deadline = time.monotonic() + 60
+    while not read_board(p.instance, "audio"):
+        assert time.monotonic() < deadline, "the audio stage never took the request"
+        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     t.join(60)
     assert not t.is_alive()

@@ -66,12 +66,18 @@ def test_client_round_trip_and_image(pipeline):
             assert len(ids2) == 4 and ids2 != expected_no_media(4)  # the frame shaped them
             h = await client.health()
             assert h.ready, h
-            # Stage latencies come from the stages' done events, which may arrive after the
-            # tokens (DDS and the shm ring are not ordered with each other).
+            # Stage latencies come from the stages' done events (when the stage took the
+            # request, t_begin_ns, to the event), which may arrive after the tokens (DDS and
+            # the shm ring are not ordered with each other).
             deadline = time.monotonic() + 10
-            while not {"vision", "decision"} & set(client.stats().stage_latencies):
-                assert time.monotonic() < deadline, client.stats()
+            lat: dict = {}
+            while not {"vision", "decision"} <= set(lat):
+                assert time.monotonic() < deadline, lat
+                for stage, values in client.stats().stage_latencies.items():
+                    lat.setdefault(stage, []).extend(values)
                 await asyncio.sleep(0.05)
+            assert len(lat["decision"]) == 2 and len(lat["vision"]) == 1, lat
+            assert all(0 < v < 10 for v in lat["decision"] + lat["vision"]), lat
         finally:
             await client.close()
     asyncio.run(main())

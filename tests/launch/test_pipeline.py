@@ -16,6 +16,7 @@ import pytest
 
 from launch_testkit import REPO, STAGES, cli
 from runtime.records import TOKEN_RECORD
+from shm.inflight import read_board
 
 IMAGE = (np.arange(56 * 84 * 3) % 251).astype(np.uint8).reshape(56, 84, 3)
 AUDIO = np.sin(np.arange(1600) / 10).astype(np.float32)
@@ -66,7 +67,8 @@ def test_request_flows_end_to_end(client):
     # Every stage took the request and finished it; vision and audio announced embeddings.
     for stage in STAGES:
         assert client.wait_event(rid, stage, "done"), (stage, client.events[rid])
-        assert any(e.source == stage and e.kind == "started" for e in client.events[rid]), stage
+        done = next(e for e in client.events[rid] if e.source == stage and e.kind == "done")
+        assert 0 < done.t_begin_ns <= done.t_mono_ns, stage   # when the stage took it
     ready = [e for e in client.events[rid] if e.kind == "modality_ready"]
     assert {e.modality for e in ready} == {"image", "audio"}
     img = next(e for e in ready if e.modality == "image")
@@ -282,13 +284,18 @@ def test_killed_stage_is_marked_dead_fails_its_requests_and_restarts(pipeline, c
     from launch.driver import RequestFailed
 
     old = pipeline.initial_pids["vision"]
-    cid = client.set_config("vision.delay_s", 5.0)
+    cid = client.set_config("vision.delay_s", 30.0)   # held until killed
     _wait_state(client, "vision", lambda s: s.request_id == cid, 10)
     rid = client.submit(image=IMAGE)
     deadline = time.monotonic() + 10
-    while not any(e.source == "vision" and e.kind == "started" for e in client.events.get(rid, [])):
+    while rid not in read_board(pipeline.instance, "vision"):   # vision holds the request
         assert time.monotonic() < deadline, "vision never took the request"
         client._collect(0.05)
+    held = json.loads(cli("node", "info", "vision", "--instance", pipeline.instance,
+                          "--json").stdout)["holding"]
+    assert held == [rid]
+    assert f"holding        {rid}" in cli("node", "info", "vision", "--instance",
+                                          pipeline.instance).stdout
     client.set_config("vision.delay_s", 0.0)  # what the restarted stage will read
     t_kill = time.monotonic()
     os.kill(old, signal.SIGKILL)

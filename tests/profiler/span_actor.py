@@ -41,7 +41,7 @@ def main(role: str, instance: str, n: int) -> int:
             time.sleep(DELAYS[name] / 1e3)
 
     def send(detail: str, rid: str = "") -> None:
-        w_ev.write(StageEvent(request_id=rid, kind="started", detail=detail))
+        w_ev.write(StageEvent(request_id=rid, kind="done", detail=detail))
 
     def wait(detail: str):
         while True:
