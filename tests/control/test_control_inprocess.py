@@ -219,6 +219,38 @@ def test_reader_set_wakes_on_any_of_its_readers():
             ReaderSet(plane, [other.reader(t.REQUEST)])
 
 
+def test_reader_set_has_messages_says_whether_any_reader_holds_one():
+    with ControlPlane(unique_instance("rsetpoll"), "node") as plane, \
+            ControlPlane(plane.instance, "other") as other:
+        readers = [plane.reader(t.REQUEST), plane.reader(t.CANCEL)]
+        inbox = ReaderSet(plane, readers)
+        w_request, w_cancel = other.writer(t.REQUEST), other.writer(t.CANCEL)
+        assert readers[0].wait_for_writers(1, 10) and readers[1].wait_for_writers(1, 10)
+        assert inbox.has_messages() is False
+        for w, msg, r in ((w_cancel, m.Cancel(request_id="c1"), readers[1]),
+                          (w_request, m.Request(request_id="r1"), readers[0])):
+            w.write(msg)
+            deadline = time.monotonic() + 10
+            while not inbox.has_messages():
+                assert time.monotonic() < deadline, "the message never showed"
+                time.sleep(0.01)
+            assert [x.request_id for x in r.take(0)] == [msg.request_id]
+            assert inbox.has_messages() is False      # taken: nothing left
+        # Samples taken from DDS but not handed out yet count too.
+        w_cancel.write(m.Cancel(request_id="c2"))
+        w_cancel.write(m.Cancel(request_id="c3"))
+        deadline = time.monotonic() + 10
+        while len(readers[1]._dr.read(N=10)) < 2:      # both delivered (read leaves them)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert [x.request_id for x in readers[1].take(0, max_samples=1)] == ["c2"]
+        assert inbox.has_messages() is True            # c3 waits in the reader's hands
+        assert [x.request_id for x in readers[1].take(0)] == ["c3"]
+        assert inbox.has_messages() is False
+    with pytest.raises(ControlPlaneError, match="closed"):
+        inbox.has_messages()
+
+
 def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
     with ControlPlane(unique_instance("own"), "node") as plane, \
             ControlPlane(plane.instance, "other") as other:
