@@ -23,8 +23,8 @@ Model compute, per request (`Request` on DDS):
 6. engine load (running / waiting / KV usage / prefix-cache queries and hits) goes a few times
    a second into the `engine_stats` ring (runtime.records.ENGINE_STATS_RECORD), which the
    gateway's /metrics reads.
-Idle, the stage sleeps in the runtime's DDS wait (10 ms slices); it steps only while a request
-is schedulable.
+Idle, the stage sleeps in the runtime's DDS wait (woken by a message or a signal, else every
+0.5 s); it steps only while a request is schedulable.
 """
 from __future__ import annotations
 

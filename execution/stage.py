@@ -48,8 +48,9 @@ class MinimalGatewayStage:
             self.ctx.finish(ev.request_id, kind="cancelled", detail=f"failed upstream: {ev.detail}")
 
     def poll(self, timeout: float) -> None:
-        """Wait up to `timeout` s on the tokens doorbell and hand out what arrived."""
-        batch = self.reader.read(timeout=timeout)
+        """Wait on the tokens doorbell (at most 50 ms: a signal does not end this wait) and
+        hand out what arrived."""
+        batch = self.reader.read(timeout=min(timeout, 0.05))
         if batch.lost:
             self.ctx.log(f"lost {batch.lost} token records (reader lapped)")
         now = time.monotonic()

@@ -37,7 +37,11 @@ import traceback
 from .lifecycle import Lifecycle, State
 
 ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
-LOOP_WAIT_S = 0.01      # longest idle wait in one piece (signals are handled between pieces)
+# Longest idle wait in one piece. A signal ends the wait at once (_wake_on_signals), so this
+# only bounds how stale an idle stage's periodic work may get (the decision stage's engine
+# stats). It was 10 ms, to notice signals: 100 wake-ups a second of every idle stage, on the
+# cores where the busy ones run.
+LOOP_WAIT_S = 0.5
 TERMINAL_EVENTS = ("done", "error", "cancelled")
 TRACE_CONFIG = "trace.enabled"   # config value (bool) switching every stage's spans on or off
 
@@ -150,6 +154,7 @@ class StageRuntime:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._open_control_plane()
+        self._wake_on_signals()
         from shm.inflight import InFlightBoard
         self.board = InFlightBoard.create(self.instance, self.name)
         self._publish_state(State.STARTING)
@@ -357,8 +362,26 @@ class StageRuntime:
         # Only a flag. A handler runs between two bytecodes of the main thread, possibly inside
         # Event.set() with its lock held; taking that lock again here deadlocked the stage
         # when a second SIGTERM came (parent-death signal, then the watchdog's). The main loop
-        # sees the flag within one wait slice and _shutdown() stops the other threads.
+        # sees the flag once its wait ends, which _wake_on_signals makes happen at once, and
+        # _shutdown() stops the other threads.
         self._signalled = True
+
+    def _wake_on_signals(self) -> None:
+        """End the main loop's wait as soon as a signal comes. Python's C-level handler
+        writes the signal number to the wake-up fd at once, whatever the main thread is
+        blocked in; a thread reading it wakes the inbox's WaitSet, the wait returns, and the
+        main thread then runs _on_signal. (The Python-level handler alone would wait for the
+        DDS wait to time out.) A compute whose poll() sleeps elsewhere bounds that sleep
+        itself (execution.stage.MinimalGatewayStage)."""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+        def relay() -> None:
+            while os.read(r, 64):
+                self.inbox.wake()
+
+        threading.Thread(target=relay, name="signal-wakeup", daemon=True).start()
 
     def _shutdown(self) -> None:
         self._stop.set()

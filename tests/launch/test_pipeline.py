@@ -83,6 +83,23 @@ def test_request_flows_end_to_end(client):
     assert not any(e.source == "vision" for e in client.events[rid])
 
 
+def _main_thread_wakeups(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt"))
+
+
+def test_idle_stages_sleep_instead_of_polling(pipeline, client):
+    """An idle stage's main thread sleeps in its DDS wait until a message or a signal comes
+    (it used to wake every 10 ms to notice signals: ~200 wake-ups in 2 s)."""
+    client.wait(client.submit(max_new_tokens=2), timeout=20)
+    time.sleep(0.5)
+    idle = ("vision", "audio", "decision")   # the minimal gateway polls its ring (50 ms)
+    before = {s: _main_thread_wakeups(pipeline.initial_pids[s]) for s in idle}
+    time.sleep(2.0)
+    woke = {s: _main_thread_wakeups(pipeline.initial_pids[s]) - before[s] for s in idle}
+    assert all(n < 30 for n in woke.values()), woke
+
+
 def test_node_list_and_info(pipeline, client):
     rows = json.loads(cli("node", "list", "--instance", pipeline.instance, "--json").stdout)
     by = {r["name"]: r for r in rows}
