@@ -307,12 +307,16 @@ class ShmPipelineClient:
                  "logprobs": s.logprobs, "top_logprobs": s.top_logprobs,
                  "image_grids": [list(im.grid_thw) for im in req.images],
                  "audio_tokens": [int(au.num_tokens) for au in req.audios]}
-        ids = np.asarray(req.prompt_token_ids, dtype=np.int32)
+        # Only what differs from the decision stage's defaults travels: a plain text request
+        # carries no msgpack to pack and unpack.
+        extra = {k: v for k, v in extra.items() if v}
+        ids = req.prompt_token_ids
         prompt, inline = None, []
         if len(ids) <= INLINE_PROMPT_TOKENS or not self._has_pool(self.channels["prompts"]):
-            inline = ids.tolist()
+            inline = list(ids)
         else:
             from shm.errors import PoolExhaustedError
+            ids = np.asarray(ids, dtype=np.int32)
             try:
                 ref = self._pool(self.channels["prompts"]).put(
                     ids, readers=1, timeout=self.put_timeout if wait else 0.0)
