@@ -1,6 +1,7 @@
 """Asking whether a stage's readers hold a message, as the decision stage does between two
 engine steps (once per token): `ReaderSet.wait(0)` through cyclonedds' WaitSet wrapper against
-`ReaderSet.has_messages()`, which calls dds_waitset_wait directly. Side by side in one run.
+`ReaderSet.ready()`, which calls dds_waitset_wait directly and says which readers hold
+something. Side by side in one run.
 
     python -m benchmarks.control_poll [--rounds 400] [--out benchmarks/results/control-poll-cpu.json]
 
@@ -31,7 +32,7 @@ def run(rounds: int) -> dict:
         readers = [plane.reader(spec) for spec in (t.REQUEST, t.STAGE_EVENT, t.CANCEL,
                                                     t.CONFIG, t.LIFECYCLE_COMMAND)]
         inbox = ReaderSet(plane, readers)
-        calls = {"wait(0)": lambda: inbox.wait(0), "has_messages()": inbox.has_messages}
+        calls = {"wait(0)": lambda: inbox.wait(0), "ready()": lambda: bool(inbox.ready())}
         out = {}
         for cold in (False, True):
             got = {name: [] for name in calls}

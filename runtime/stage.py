@@ -205,6 +205,7 @@ class StageRuntime:
         self._candidates += [(self.plane.reader(spec), handler, None) for spec, handler in (
             (t.CANCEL, "on_cancel"), (t.TRANSCRIBE, "on_transcribe"))]
         self.work: list[tuple] = []   # (reader, handler name) of the topics the compute takes
+        self._handler: dict = {}      # the same, by reader
         self.inbox = ReaderSet(self.plane, [self.r_config, self.r_command])
 
     def _keep_work_readers(self) -> None:
@@ -223,6 +224,7 @@ class StageRuntime:
             else:
                 reader.close()
         self._candidates = []
+        self._handler = dict(self.work)
         old, self.inbox = self.inbox, ReaderSet(
             self.plane, [self.r_config, self.r_command, *(r for r, _ in self.work)])
         old.close()
@@ -231,8 +233,10 @@ class StageRuntime:
     def _loop(self) -> None:
         poll = getattr(self.compute, "poll", None)
         while not (self._signalled or self._stop.is_set()):
-            # Between two engine steps this runs once per token: ask the WaitSet first.
-            got = self._dispatch() if self.inbox.has_messages() else 0
+            # Between two engine steps this runs once per token: ask the WaitSet which
+            # readers hold something, and take from those only.
+            ready = self.inbox.ready()
+            got = self._dispatch(ready) if ready else 0
             if self._signalled or self._stop.is_set():
                 break
             if not got and not self.in_flight:
@@ -242,20 +246,25 @@ class StageRuntime:
             elif not got:
                 self.inbox.wait(LOOP_WAIT_S)
 
-    def _dispatch(self) -> int:
+    def _dispatch(self, ready) -> int:
+        """Hand out what the `ready` readers hold (ReaderSet.ready(), in its order: config,
+        commands, then the compute's topics)."""
         n = 0
-        for cfg in self.r_config.take(0):
-            n += 1
-            self._apply_config(cfg)
-        for cmd in self.r_command.take(0):
-            n += 1
-            if cmd.target in (self.name, "*") and cmd.command == "shutdown":
-                self._stop.set()
-        for reader, handler in self.work:
-            for msg in reader.take(0):
-                n += 1
-                if handler != "on_event" or msg.source != self.name:  # not our own events
-                    self._call(handler, msg)
+        for reader in ready:
+            msgs = reader.take(0)
+            n += len(msgs)
+            if reader is self.r_config:
+                for cfg in msgs:
+                    self._apply_config(cfg)
+            elif reader is self.r_command:
+                for cmd in msgs:
+                    if cmd.target in (self.name, "*") and cmd.command == "shutdown":
+                        self._stop.set()
+            else:
+                handler = self._handler[reader]
+                for msg in msgs:
+                    if handler != "on_event" or msg.source != self.name:  # not our own events
+                        self._call(handler, msg)
         return n
 
     def _call(self, method: str, msg) -> None:

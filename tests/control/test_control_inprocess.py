@@ -219,7 +219,7 @@ def test_reader_set_wakes_on_any_of_its_readers():
             ReaderSet(plane, [other.reader(t.REQUEST)])
 
 
-def test_reader_set_has_messages_says_whether_any_reader_holds_one():
+def test_reader_set_says_which_readers_hold_a_message():
     with ControlPlane(unique_instance("rsetpoll"), "node") as plane, \
             ControlPlane(plane.instance, "other") as other:
         readers = [plane.reader(t.REQUEST), plane.reader(t.CANCEL)]
@@ -234,6 +234,7 @@ def test_reader_set_has_messages_says_whether_any_reader_holds_one():
             while not inbox.has_messages():
                 assert time.monotonic() < deadline, "the message never showed"
                 time.sleep(0.01)
+            assert inbox.ready() == [r]                # only the reader that holds it
             assert [x.request_id for x in r.take(0)] == [msg.request_id]
             assert inbox.has_messages() is False      # taken: nothing left
         # Samples taken from DDS but not handed out yet count too.
@@ -244,7 +245,7 @@ def test_reader_set_has_messages_says_whether_any_reader_holds_one():
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert [x.request_id for x in readers[1].take(0, max_samples=1)] == ["c2"]
-        assert inbox.has_messages() is True            # c3 waits in the reader's hands
+        assert inbox.ready() == [readers[1]]           # c3 waits in the reader's hands
         assert [x.request_id for x in readers[1].take(0)] == ["c3"]
         assert inbox.has_messages() is False
     with pytest.raises(ControlPlaneError, match="closed"):
