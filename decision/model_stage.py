@@ -342,6 +342,8 @@ class ModelDecisionStage:
     def _write(self, records, step: tuple[int, int] | None = None) -> None:
         """Token records of one step into the ring; ``step`` = the step's (start, end)
         monotonic ns, for its spans."""
+        if len(records) == 1 and self._write_next_token(records[0], step):
+            return
         rows = []     # (scalar fields, (top ids, top logprobs) or None) per record
         now = time.monotonic_ns()
         ends, firsts, decoded, decoded_index = [], [], [], []
@@ -402,6 +404,23 @@ class ModelDecisionStage:
                 self.ctx.finish(rid, "cancelled", n_tokens=n)
             else:
                 self.ctx.finish(rid, n_tokens=n, detail=reason)
+
+    def _write_next_token(self, r, step) -> bool:
+        """The per-token case at low load, written with the least work between two steps:
+        one request decoding, a token that is neither its first nor its last, no logprobs.
+        False (nothing written) for anything else."""
+        rid = r.request_id
+        n = self.produced.get(rid, 0)
+        key = self._keys.get(rid)
+        if not n or key is None or r.finished or r.logprob is not None or r.token_id < 0:
+            return False
+        self.produced[rid] = n + 1
+        self._writer.write_packed(TOKEN_HEAD, (key, time.monotonic_ns(), n, r.token_id,
+                                               0, 0, 0, np.nan, 0))
+        if step is not None and self.tracer.enabled:
+            # What emit_batch of a batch of one stands for, without the batch's lists.
+            self.tracer.emit("decision.token", rid, step[0], step[1], index=n, batch=1)
+        return True
 
     def _trace_step(self, step, written_ns, firsts, decoded, decoded_index, ends) -> None:
         """The spans of one engine step, written after its records reached the ring (the
