@@ -357,8 +357,9 @@ class ReaderSet:
         self._woken = GuardCondition(plane._participant)
         self._waitset.attach(self._woken)
         # dds_waitset_wait itself, for ready(): without cyclonedds' wrapper and the checks of
-        # wait(), the cold-cache call takes about half as long (benchmarks/control_poll.py). It fills `_triggered` with the attach values (the
-        # address cyclonedds attached each condition with) of the conditions that hold.
+        # wait(), the cold-cache call takes about half as long (benchmarks/control_poll.py).
+        # It fills `_triggered` with the attach values (the address cyclonedds attached each
+        # condition with) of the conditions that hold.
         self._wait_now = self._waitset._dll_handle.dds_waitset_wait
         attached = self._waitset.attached          # [(entity, c_int attach value)] in order
         self._reader_of = {ct.addressof(value): r for r, (_, value) in zip(self.readers, attached)}

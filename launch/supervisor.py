@@ -4,7 +4,7 @@ One `StageProcess` per stage. The supervisor loop (`step()`, every ~50 ms on the
 main thread, so that PR_SET_PDEATHSIG, which fires when the *thread* that spawned a child exits,
 stays bound to a thread that lives as long as the launcher):
 
-* reads heartbeats, stage states and stage events from DDS;
+* reads heartbeats and stage states from DDS;
 * marks a stage dead when its process exits (at once) or when its last heartbeat is older than
   `dead_after_s` (3 s), kills what is left of it, publishes the `dead` state;
 * fails every request the stage had taken (the ids on its in-flight board in shared memory,

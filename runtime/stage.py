@@ -43,7 +43,6 @@ ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.e
 # stats). It was 10 ms, to notice signals: 100 wake-ups a second of every idle stage, on the
 # cores where the busy ones run.
 LOOP_WAIT_S = 0.5
-TERMINAL_EVENTS = ("done", "error", "cancelled")
 TRACE_CONFIG = "trace.enabled"   # config value (bool) switching every stage's spans on or off
 
 
