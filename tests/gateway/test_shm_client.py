@@ -71,7 +71,7 @@ def test_client_round_trip_and_image(pipeline):
             # the shm ring are not ordered with each other).
             deadline = time.monotonic() + 10
             lat: dict = {}
-            while not {"vision", "decision"} <= set(lat):
+            while len(lat.get("decision", ())) < 2 or not lat.get("vision"):
                 assert time.monotonic() < deadline, lat
                 for stage, values in client.stats().stage_latencies.items():
                     lat.setdefault(stage, []).extend(values)
