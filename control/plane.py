@@ -392,10 +392,6 @@ class ReaderSet:
         hit = {self._reader_of.get(self._triggered[i]) for i in range(n)}
         return [r for r in self.readers if r in hit or r._pending]
 
-    def has_messages(self) -> bool:
-        """Whether some reader holds a message now (see ready())."""
-        return bool(self.ready())
-
     def wake(self) -> None:
         """End the current wait, and every later one, at once (thread-safe)."""
         try:

@@ -372,10 +372,9 @@ class ShmPipelineClient:
         async for ev in self._events:
             if ev.request_id in self._transcripts:
                 self._route_transcript(ev)
-            if ev.t_begin_ns and ev.kind in ("done", "error", "cancelled"):
+            if 0 < ev.t_begin_ns <= ev.t_mono_ns and ev.kind in ("done", "error", "cancelled"):
                 # The stage's hold of the request: it took it at t_begin_ns.
-                if ev.t_mono_ns >= ev.t_begin_ns:
-                    self._stage_lat[ev.source].append((ev.t_mono_ns - ev.t_begin_ns) / 1e9)
+                self._stage_lat[ev.source].append((ev.t_mono_ns - ev.t_begin_ns) / 1e9)
             if ev.kind == "error":
                 key = self._by_id.get(ev.request_id)
                 if key is not None and key in self._queues:

@@ -35,6 +35,8 @@ import threading
 import time
 import traceback
 
+from shm.inflight import MAX_ID_BYTES, InFlightBoard
+
 from .lifecycle import Lifecycle, State
 
 ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
@@ -155,7 +157,6 @@ class StageRuntime:
         signal.signal(signal.SIGINT, self._on_signal)
         self._open_control_plane()
         self._wake_on_signals()
-        from shm.inflight import InFlightBoard
         self.board = InFlightBoard.create(self.instance, self.name)
         self._publish_state(State.STARTING)
         self._hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -210,8 +211,7 @@ class StageRuntime:
         self._candidates.append((self.plane.reader(t.STAGE_EVENT, own_writes=False), "on_event", None))
         self._candidates += [(self.plane.reader(spec), handler, None) for spec, handler in (
             (t.CANCEL, "on_cancel"), (t.TRANSCRIBE, "on_transcribe"))]
-        self.work: list[tuple] = []   # (reader, handler name) of the topics the compute takes
-        self._handler: dict = {}      # the same, by reader
+        self.work: dict = {}          # reader -> handler name, the topics the compute takes
         self.inbox = ReaderSet(self.plane, [self.r_config, self.r_command])
 
     def _keep_work_readers(self) -> None:
@@ -226,13 +226,12 @@ class StageRuntime:
         wanted = getattr(c, "request_modality", None)
         for reader, handler, modality in self._candidates:
             if hasattr(c, handler) and (handler != "on_request" or modality == wanted):
-                self.work.append((reader, handler))
+                self.work[reader] = handler
             else:
                 reader.close()
         self._candidates = []
-        self._handler = dict(self.work)
         old, self.inbox = self.inbox, ReaderSet(
-            self.plane, [self.r_config, self.r_command, *(r for r, _ in self.work)])
+            self.plane, [self.r_config, self.r_command, *self.work])
         old.close()
 
     # --- main loop ----------------------------------------------------------------------
@@ -267,7 +266,7 @@ class StageRuntime:
                     if cmd.target in (self.name, "*") and cmd.command == "shutdown":
                         self._stop.set()
             else:
-                handler = self._handler[reader]
+                handler = self.work[reader]
                 for msg in msgs:
                     if handler != "on_event" or msg.source != self.name:  # not our own events
                         self._call(handler, msg)
@@ -313,7 +312,11 @@ class StageRuntime:
             if rid in self.in_flight:
                 return
             self.in_flight[rid] = time.monotonic_ns()
-            self.board.add(rid)
+            tracked = self.board.add(rid)
+        if not tracked:
+            self.ctx.log(f"request {rid[:40]!r} is not on the in-flight board (full, or an id "
+                         f"over its {MAX_ID_BYTES} bytes): if this stage dies, the launcher "
+                         "cannot fail it")
         if self.lifecycle.state == State.READY:
             self.lifecycle.to(State.BUSY)
 

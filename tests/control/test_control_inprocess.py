@@ -226,17 +226,17 @@ def test_reader_set_says_which_readers_hold_a_message():
         inbox = ReaderSet(plane, readers)
         w_request, w_cancel = other.writer(t.REQUEST), other.writer(t.CANCEL)
         assert readers[0].wait_for_writers(1, 10) and readers[1].wait_for_writers(1, 10)
-        assert inbox.has_messages() is False
+        assert inbox.ready() == []
         for w, msg, r in ((w_cancel, m.Cancel(request_id="c1"), readers[1]),
                           (w_request, m.Request(request_id="r1"), readers[0])):
             w.write(msg)
             deadline = time.monotonic() + 10
-            while not inbox.has_messages():
+            while not inbox.ready():
                 assert time.monotonic() < deadline, "the message never showed"
                 time.sleep(0.01)
             assert inbox.ready() == [r]                # only the reader that holds it
             assert [x.request_id for x in r.take(0)] == [msg.request_id]
-            assert inbox.has_messages() is False      # taken: nothing left
+            assert inbox.ready() == []                 # taken: nothing left
         # Samples taken from DDS but not handed out yet count too.
         w_cancel.write(m.Cancel(request_id="c2"))
         w_cancel.write(m.Cancel(request_id="c3"))
@@ -247,9 +247,9 @@ def test_reader_set_says_which_readers_hold_a_message():
         assert [x.request_id for x in readers[1].take(0, max_samples=1)] == ["c2"]
         assert inbox.ready() == [readers[1]]           # c3 waits in the reader's hands
         assert [x.request_id for x in readers[1].take(0)] == ["c3"]
-        assert inbox.has_messages() is False
+        assert inbox.ready() == []
     with pytest.raises(ControlPlaneError, match="closed"):
-        inbox.has_messages()
+        inbox.ready()
 
 
 def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
