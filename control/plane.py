@@ -357,7 +357,8 @@ class ReaderSet:
         self._woken = GuardCondition(plane._participant)
         self._waitset.attach(self._woken)
         # dds_waitset_wait itself, for ready(): without cyclonedds' wrapper and the checks of
-        # wait(), the cold-cache call takes about half as long (benchmarks/control_poll.py).
+        # wait(), the cold-cache call took 19 us against 26 (control-poll-cpu.json; 35 against
+        # 66 in an earlier run: the host varies; benchmarks/control_poll.py).
         # It fills `_triggered` with the attach values (the address cyclonedds attached each
         # condition with) of the conditions that hold.
         self._wait_now = self._waitset._dll_handle.dds_waitset_wait
