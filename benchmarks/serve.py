@@ -89,6 +89,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", default=None, metavar="FILE",
                    help="with --instance: also save the benchmark requests' spans there (a "
                         "recording: `autoglm profile --input FILE --request ID` replays it)")
+    p.add_argument("--client-priority", choices=("normal", "idle"), default="normal",
+                   help="idle: this client runs at SCHED_IDLE, only on CPU time the pipeline "
+                        "leaves, so that on a machine where it shares the pipeline's cores it "
+                        "never preempts the stages it measures; its own timestamps can then "
+                        "only lag, which makes TTFT/E2E pessimistic (default: %(default)s)")
     p.add_argument("--result-file", default=None,
                    help="JSON result path (default: benchmarks/results/serve-<dataset>-<time>.json)")
     p.add_argument("--no-json", action="store_true", help="print only")
@@ -537,8 +542,20 @@ def _resolve_model(base_url: str, api_key: str | None) -> str:
                          f"failed ({type(e).__name__}: {e}); pass --model") from None
 
 
+def lower_client_priority() -> None:
+    """SCHED_IDLE for this thread and every thread started after it (asyncio's, DDS's)."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _client_priority() -> str:
+    """This client's scheduling class, as the OS reports it."""
+    return "idle" if os.sched_getscheduler(0) == os.SCHED_IDLE else "normal"
+
+
 def run_cli(args) -> int:
     validate(args)
+    if args.client_priority == "idle":
+        lower_client_priority()
     percentiles = parse_percentiles(args.percentiles)
     slos = parse_goodput(args.goodput)
     model = args.model or _resolve_model(args.base_url, args.api_key)
@@ -579,7 +596,8 @@ def run_cli(args) -> int:
               "dataset": args.dataset, "num_prompts": args.num_prompts,
               "random_input_len": args.random_input_len, "random_output_len": args.random_output_len,
               "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf",
-              "burstiness": args.burstiness, "max_concurrency": args.max_concurrency, **metrics,
+              "burstiness": args.burstiness, "max_concurrency": args.max_concurrency,
+              "client_priority": _client_priority(), **metrics,
               "input_lens": [o.prompt_len for o in outputs],
               "output_lens": [o.output_tokens for o in outputs],
               "ttfts": [o.ttft for o in outputs], "itls": [o.itl for o in outputs],

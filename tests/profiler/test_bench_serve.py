@@ -132,6 +132,20 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
     assert overhead_report(spans)["overhead"] == ov["overhead"]
 
 
+def test_client_priority_idle_runs_the_client_at_sched_idle(paced_server, tmp_path):
+    url = paced_server("--ttft-ms", "5", "--itl-ms", "2", "--tokens", "4")
+    out = tmp_path / "serve.json"
+    base = [sys.executable, "-m", "launch.cli", "bench", "serve", "--base-url", url,
+            "--num-prompts", "2", "--result-file", str(out)]
+    for priority in ("idle", "normal"):
+        r = subprocess.run(base + ["--client-priority", priority], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(out.read_text())
+        # Read back from the OS by the client itself, after the run.
+        assert res["client_priority"] == priority and res["completed"] == 2
+
+
 def test_bad_arguments_are_named():
     for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
                       (["--percentiles", "0,50"], "percentiles must lie in"),
