@@ -72,7 +72,7 @@ def _parse_batches(text: str) -> list[int]:
 def run(args) -> int:
     import torch
 
-    import kernels
+    import autoglm_kernels as kernels
 
     batches = _parse_batches(args.batch_sizes)
     if args.prompt_len < 1 or args.new_tokens < 2:

@@ -65,7 +65,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def split_rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
                  kv_heads: int, head_dim: int):
     """The fused projection's output [N, (Hq + 2 Hkv) * D] -> q [N, Hq, D], k, v [N, Hkv, D],
-    q and k rotated (kernels.rope.rope_qkv does the same in one launch)."""
+    q and k rotated (autoglm_kernels.rope.rope_qkv does the same in one launch)."""
     n = qkv.shape[0]
     q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = apply_rope(q.view(n, heads, head_dim), cos, sin)

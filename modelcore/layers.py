@@ -5,17 +5,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import kernels
+import autoglm_kernels as kernels
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose few-row calls on the GPU (decode steps) run kernels.gemv, which reads
+    """nn.Linear whose few-row calls on the GPU (decode steps) run autoglm_kernels.gemv, which reads
     the weight closer to HBM bandwidth than cuBLAS does at batch 1-16."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (kernels.enabled(x, "gemv") and x.numel() <= kernels.GEMV_MAX_ROWS * x.shape[-1]
                 and x.dtype == self.weight.dtype and self.weight.is_contiguous()):
-            from kernels.gemv import gemv
+            from autoglm_kernels.gemv import gemv
             return gemv(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
@@ -34,7 +34,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if kernels.enabled(x, "norm") and x.dtype == self.weight.dtype:
-            from kernels.norm import rms_norm
+            from autoglm_kernels.norm import rms_norm
             return rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
@@ -50,7 +50,7 @@ def add_norm_pair(residual: torch.Tensor, a: torch.Tensor, post: RMSNorm,
     """GLM-4's sandwich step: r = residual + post(a), then (r, next_norm(r)); one kernel on
     the GPU."""
     if kernels.enabled(a, "norm") and a.dtype == residual.dtype == post.weight.dtype == next_norm.weight.dtype:
-        from kernels.norm import add_norm_pair as fused
+        from autoglm_kernels.norm import add_norm_pair as fused
         return fused(residual, a, post.weight, post.eps, next_norm.weight, next_norm.eps)
     r = residual + post(a)
     return r, next_norm(r)
@@ -92,7 +92,7 @@ class FusedGateUpMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
         if self.is_silu and kernels.enabled(gate_up, "activation"):
-            from kernels.activation import silu_mul
+            from autoglm_kernels.activation import silu_mul
             return self.down_proj(silu_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(up * self.act(gate))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-import kernels
+import autoglm_kernels as kernels
 from decision.rope import split_rotate
 
 
@@ -114,7 +114,7 @@ class StepAttention:
         hkv, d = cache.kv_heads, cache.head_dim
         if not kernels.enabled(qkv, "rope"):
             return self.attend(layer_idx, *split_rotate(qkv, cos, sin, heads, hkv, d))
-        from kernels.rope import rope_qkv
+        from autoglm_kernels.rope import rope_qkv
         kc, vc = cache.k[layer_idx], cache.v[layer_idx]
         q, k, v = rope_qkv(qkv, cos, sin, heads, hkv, d, kc.view(-1, hkv, d), vc.view(-1, hkv, d),
                            self.slot_mapping)
@@ -156,7 +156,7 @@ class StepAttention:
 
     def _attend_decode(self, q, kc, vc):
         if kernels.enabled(q, "attention"):
-            from kernels.attention import paged_decode_attention
+            from autoglm_kernels.attention import paged_decode_attention
             return paged_decode_attention(q, kc, vc, self.decode_block_table,
                                           self.decode_context_lens)
         # GQA without repeating K/V: the query heads sharing a KV head become that head's

@@ -1,4 +1,4 @@
-"""Each Triton kernel against the torch code it replaces (see kernels/)."""
+"""Each Triton kernel against the torch code it replaces (see autoglm_kernels/)."""
 from __future__ import annotations
 
 import math
@@ -23,7 +23,7 @@ def _norm(width: int, eps: float, dtype, gen) -> RMSNorm:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", [96, 4096])
 def test_rms_norm_and_sandwich_pair(dtype, width):
-    from kernels.norm import add_norm_pair, rms_norm
+    from autoglm_kernels.norm import add_norm_pair, rms_norm
     gen = torch.Generator().manual_seed(width)
     x = (torch.randn(5, width, generator=gen) * 3).to(DEVICE, dtype)
     a = torch.randn(5, width, generator=gen).to(DEVICE, dtype)
@@ -47,7 +47,7 @@ def _reference_norm(x, norm: RMSNorm):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul(dtype):
-    from kernels.activation import silu_mul
+    from autoglm_kernels.activation import silu_mul
     gen = torch.Generator().manual_seed(1)
     gate_up = (torch.randn(3, 2 * 1500, generator=gen) * 4).to(DEVICE, dtype)
     gate, up = gate_up.chunk(2, dim=-1)
@@ -57,7 +57,7 @@ def test_silu_mul(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim,rotary_dim", [(4, 2, 32, 16), (8, 8, 16, 16), (32, 2, 128, 64)])
 def test_rope_qkv_rotates_and_writes_the_cache(dtype, heads, kv_heads, head_dim, rotary_dim):
-    from kernels.rope import rope_qkv
+    from autoglm_kernels.rope import rope_qkv
     gen = torch.Generator().manual_seed(heads)
     n = 4
     qkv = torch.randn(n, (heads + 2 * kv_heads) * head_dim, generator=gen).to(DEVICE, dtype)
@@ -83,7 +83,7 @@ def test_rope_qkv_rotates_and_writes_the_cache(dtype, heads, kv_heads, head_dim,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads", [(8, 2), (4, 4), (32, 2)])
 def test_paged_decode_attention_matches_dense_softmax(dtype, heads, kv_heads):
-    from kernels.attention import paged_decode_attention
+    from autoglm_kernels.attention import paged_decode_attention
     gen = torch.Generator().manual_seed(heads * 10 + kv_heads)
     head_dim, block_size, num_blocks = 64, 16, 300
     # Ragged contexts: a graph's padding row (1 token), one block edge, and one long enough
@@ -110,7 +110,7 @@ def test_paged_decode_attention_matches_dense_softmax(dtype, heads, kv_heads):
 @pytest.mark.parametrize("rows", [1, 5, 16])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_gemv_matches_linear(dtype, rows, with_bias):
-    from kernels.gemv import gemv
+    from autoglm_kernels.gemv import gemv
     gen = torch.Generator().manual_seed(rows)
     out_features, in_features = 300, 1100      # neither a multiple of the kernels' tiles
     x = torch.randn(rows, in_features, generator=gen).to(DEVICE, dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import kernels
+import autoglm_kernels as kernels
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-# Rows up to which kernels.gemv replaces cuBLAS (its tiles hold 16 rows).
+# Rows up to which autoglm_kernels.gemv replaces cuBLAS (its tiles hold 16 rows).
 GEMV_MAX_ROWS = 16
 
 
