@@ -542,7 +542,7 @@ def _resolve_model(base_url: str, api_key: str | None) -> str:
                          f"failed ({type(e).__name__}: {e}); pass --model") from None
 
 
-def lower_client_priority() -> None:
+def _lower_client_priority() -> None:
     """SCHED_IDLE for this thread and every thread started after it (asyncio's, DDS's)."""
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
@@ -555,7 +555,7 @@ def _client_priority() -> str:
 def run_cli(args) -> int:
     validate(args)
     if args.client_priority == "idle":
-        lower_client_priority()
+        _lower_client_priority()
     percentiles = parse_percentiles(args.percentiles)
     slos = parse_goodput(args.goodput)
     model = args.model or _resolve_model(args.base_url, args.api_key)
