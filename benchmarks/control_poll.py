@@ -1,7 +1,8 @@
 """Asking whether a stage's readers hold a message, as the decision stage does between two
-engine steps (once per token): `ReaderSet.wait(0)` through cyclonedds' WaitSet wrapper against
+engine steps (once per token): `ReaderSet.wait(0)` through cyclonedds' WaitSet wrapper,
 `ReaderSet.ready()`, which calls dds_waitset_wait directly and says which readers hold
-something. Side by side in one run.
+something, and `take_ready()` of a watched set (control.arrival: a thread sleeps in DDS, the
+loop reads an attribute), what the decision stage runs. Side by side in one run.
 
     python -m benchmarks.control_poll [--rounds 400] [--out benchmarks/results/control-poll-cpu.json]
 
@@ -32,7 +33,9 @@ def run(rounds: int) -> dict:
         readers = [plane.reader(spec) for spec in (t.REQUEST, t.STAGE_EVENT, t.CANCEL,
                                                     t.CONFIG, t.LIFECYCLE_COMMAND)]
         inbox = ReaderSet(plane, readers)
-        calls = {"wait(0)": lambda: inbox.wait(0), "ready()": lambda: bool(inbox.ready())}
+        watched = ReaderSet(plane, readers, watched=True)
+        calls = {"wait(0)": lambda: inbox.wait(0), "ready()": lambda: bool(inbox.ready()),
+                 "watched take_ready()": lambda: bool(watched.take_ready())}
         out = {}
         for cold in (False, True):
             got = {name: [] for name in calls}
@@ -45,6 +48,7 @@ def run(rounds: int) -> dict:
                     got[name].append((time.perf_counter_ns() - t0) / 1e3)
             out["cold" if cold else "warm"] = {
                 name: round(statistics.median(v[10:]), 2) for name, v in got.items()}
+        watched.close()
         return out
 
 

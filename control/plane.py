@@ -343,9 +343,13 @@ class ReaderSet:
     read condition per reader. An idle stage blocks here instead of sleeping a fixed slice,
     so a request or event is handled within microseconds of its arrival. ``wake()`` (from
     another thread) ends the wait at once, and every later one: it is how a stage's shutdown
-    reaches its sleeping main loop."""
+    reaches its sleeping main loop.
 
-    def __init__(self, plane: ControlPlane, readers: list[Reader]) -> None:
+    ``watched=True`` adds a thread that sleeps in DDS over the same readers
+    (control.arrival.ArrivalWatcher): ``take_ready()`` then costs an attribute read, not a
+    call into DDS, while nothing has arrived. For a loop that asks between two engine steps."""
+
+    def __init__(self, plane: ControlPlane, readers: list[Reader], *, watched: bool = False) -> None:
         self.plane = plane
         self.readers = list(readers)
         self._waitset = WaitSet(plane._participant)
@@ -365,6 +369,10 @@ class ReaderSet:
         attached = self._waitset.attached          # [(entity, c_int attach value)] in order
         self._reader_of = {ct.addressof(value): r for r, (_, value) in zip(self.readers, attached)}
         self._triggered = (ct.c_void_p * len(attached))()
+        self._watcher = None
+        if watched:
+            from .arrival import ArrivalWatcher
+            self._watcher = ArrivalWatcher(plane._participant, [r._dr for r in self.readers])
 
     def wait(self, timeout: float) -> bool:
         """True as soon as some reader has a message, False after ``timeout`` s without."""
@@ -372,11 +380,14 @@ class ReaderSet:
         if any(r._pending for r in self.readers):  # taken from DDS, not handed out yet
             return True
         try:
-            return self._waitset.wait(max(1, int(timeout * 1e9))) > 0
+            got = self._waitset.wait(max(1, int(timeout * 1e9))) > 0
         except DDSException:
             if self.plane.closed:  # closed by another thread while we waited
                 return False
             raise
+        if got and self._watcher is not None:
+            self._watcher.arrived = True   # seen here first: take_ready() must look
+        return got
 
     def ready(self) -> list[Reader]:
         """The readers that hold a message now, in the set's order, without waiting: one DDS
@@ -393,6 +404,21 @@ class ReaderSet:
         hit = {self._reader_of.get(self._triggered[i]) for i in range(n)}
         return [r for r in self.readers if r in hit or r._pending]
 
+    def take_ready(self) -> list[tuple[Reader, list]]:
+        """Take what the readers hold now: (reader, messages) in the set's order, without
+        waiting. In a watched set, [] at once while the watcher has seen nothing arrive."""
+        watcher = self._watcher
+        if watcher is not None:
+            if not watcher.arrived:
+                return []
+            watcher.arrived = False   # before looking: what comes from now on raises it again
+        try:
+            got = [(r, r.take(0)) for r in self.ready()]
+        finally:
+            if watcher is not None:
+                watcher.resume()
+        return [(r, msgs) for r, msgs in got if msgs]
+
     def wake(self) -> None:
         """End the current wait, and every later one, at once (thread-safe)."""
         try:
@@ -401,7 +427,9 @@ class ReaderSet:
             pass
 
     def close(self) -> None:
-        """Delete the WaitSet (the readers stay open)."""
+        """Stop the watcher, delete the WaitSet (the readers stay open)."""
+        if self._watcher is not None:
+            self._watcher.close(delete=not self.plane.closed)
         if not self.plane.closed:
             _delete_entity(self._waitset)
             _delete_entity(self._woken)

@@ -74,6 +74,10 @@ class _Release:
 
 
 class ModelDecisionStage:
+    # The runtime asks between two engine steps whether a message came: from a watched
+    # inbox that is an attribute read, not a call into DDS (control.arrival).
+    watch_inbox = True
+
     def __init__(self, ctx):
         self.ctx = ctx
         p = ctx.params

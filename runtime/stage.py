@@ -230,18 +230,22 @@ class StageRuntime:
             else:
                 reader.close()
         self._candidates = []
+        # A compute that steps an engine (`watch_inbox`: the decision stage) has the runtime
+        # ask between two steps, once per token, whether a message came: a watched set
+        # answers that from an attribute instead of a call into DDS.
         old, self.inbox = self.inbox, ReaderSet(
-            self.plane, [self.r_config, self.r_command, *self.work])
+            self.plane, [self.r_config, self.r_command, *self.work],
+            watched=bool(getattr(c, "watch_inbox", False)))
         old.close()
 
     # --- main loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         poll = getattr(self.compute, "poll", None)
         while not (self._signalled or self._stop.is_set()):
-            # Between two engine steps this runs once per token: ask the WaitSet which
-            # readers hold something, and take from those only.
-            ready = self.inbox.ready()
-            got = self._dispatch(ready) if ready else 0
+            # Between two engine steps this runs once per token: take from the readers that
+            # hold something (a watched inbox knows there are none without asking DDS).
+            taken = self.inbox.take_ready()
+            got = self._dispatch(taken) if taken else 0
             if self._signalled or self._stop.is_set():
                 break
             if not got and not self.in_flight:
@@ -251,12 +255,11 @@ class StageRuntime:
             elif not got:
                 self.inbox.wait(LOOP_WAIT_S)
 
-    def _dispatch(self, ready) -> int:
-        """Hand out what the `ready` readers hold (ReaderSet.ready(), in its order: config,
+    def _dispatch(self, taken) -> int:
+        """Hand out what was taken (ReaderSet.take_ready(), in the set's order: config,
         commands, then the compute's topics)."""
         n = 0
-        for reader in ready:
-            msgs = reader.take(0)
+        for reader, msgs in taken:
             n += len(msgs)
             if reader is self.r_config:
                 for cfg in msgs:

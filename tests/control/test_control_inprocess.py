@@ -252,6 +252,60 @@ def test_reader_set_says_which_readers_hold_a_message():
         inbox.ready()
 
 
+def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between():
+    with ControlPlane(unique_instance("rsetwatch"), "node") as plane, \
+            ControlPlane(plane.instance, "other") as other:
+        readers = [plane.reader(t.REQUEST), plane.reader(t.CANCEL)]
+        inbox = ReaderSet(plane, readers, watched=True)
+        watcher = inbox._watcher
+        w_request, w_cancel = other.writer(t.REQUEST), other.writer(t.CANCEL)
+        assert readers[0].wait_for_writers(1, 10) and readers[1].wait_for_writers(1, 10)
+        assert inbox.take_ready() == []            # the first call looks in DDS itself
+        assert watcher.arrived is False            # and then trusts the watcher
+
+        def take_within(seconds: float):
+            deadline = time.monotonic() + seconds
+            while not (got := inbox.take_ready()):
+                assert time.monotonic() < deadline, "the message never showed"
+                time.sleep(0.005)
+            return got
+
+        for round_ in range(3):   # the watcher sleeps again after each take
+            w_cancel.write(m.Cancel(request_id=f"c{round_}"))
+            got = take_within(10)
+            assert [(r, [x.request_id for x in msgs]) for r, msgs in got] == \
+                [(readers[1], [f"c{round_}"])]
+            assert inbox.take_ready() == []
+        # Two readers at once, in the set's order.
+        w_cancel.write(m.Cancel(request_id="c9"))
+        w_request.write(m.Request(request_id="r9"))
+        seen: dict = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 2:
+            assert time.monotonic() < deadline
+            for r, msgs in inbox.take_ready():
+                seen.setdefault(r, []).extend(x.request_id for x in msgs)
+            time.sleep(0.005)
+        assert seen == {readers[0]: ["r9"], readers[1]: ["c9"]}
+        # A message seen first by wait() is taken even if the watcher has not said so yet.
+        watcher.arrived = False
+        w_request.write(m.Request(request_id="r10"))
+        assert inbox.wait(10.0) is True
+        assert [x.request_id for _, msgs in inbox.take_ready() for x in msgs] == ["r10"]
+        thread = watcher._thread
+        inbox.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    # Closing the set after its plane: the watcher has stopped, nothing is left waiting.
+    with ControlPlane(unique_instance("rsetwatch2"), "node") as plane:
+        inbox = ReaderSet(plane, [plane.reader(t.REQUEST)], watched=True)
+        thread = inbox._watcher._thread
+    t0 = time.monotonic()
+    inbox.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and time.monotonic() - t0 < 5
+
+
 def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
     with ControlPlane(unique_instance("own"), "node") as plane, \
             ControlPlane(plane.instance, "other") as other:
