@@ -228,14 +228,20 @@ class Gateway:
         # The assistant-role chunk goes out with the first delta, in one write: written
         # first, it delayed the request's submission (which happens on the first delta's
         # way) by a socket write.
-        head, last = builder.first(), None
+        head, ended = builder.first(), False
         try:
             async for d in deltas:
                 lp = logprobs_dict(d.logprobs, self._token_text, top_n) if (
                     want_lp and d.logprobs) else None
                 chunk = builder.delta(d.content, d.reasoning, d.finish_reason, lp)
                 if d.finish_reason is not None:
-                    last = chunk  # goes out with the closing events, in one write
+                    # The closing events go out with the last delta, in one write, before
+                    # the iterators below unwind: their clean-up (the request's metrics, its
+                    # token queue) runs once the client has its answer.
+                    ended = True
+                    yield FinalChunk(self._closing(builder, head + (chunk or b""), totals))
+                    if tracer is not None and chunk is not None:
+                        tracer.mark("gateway.first_chunk", request_id)
                 elif chunk is not None:
                     yield head + chunk  # resumes once the server took the chunk
                     head = b""
@@ -243,15 +249,20 @@ class Gateway:
                         tracer.mark("gateway.first_chunk", request_id)
                         tracer = None
         except PipelineError as exc:
-            yield FinalChunk(head + builder.error(str(exc)) + DONE)
+            if not ended:   # after the closing events, the body is over: nothing to add
+                yield FinalChunk(head + builder.error(str(exc)) + DONE)
             return
-        tail = head + (last or b"")
+        if not ended:   # the deltas stopped without a finish reason
+            yield FinalChunk(self._closing(builder, head, totals))
+
+    @staticmethod
+    def _closing(builder: ChunkBuilder, tail: bytes, totals: GenerationTotals) -> bytes:
+        """The stream's last bytes: ``tail`` (pending events), the usage chunk when asked
+        for, ``[DONE]``."""
         if builder.include_usage:
             tail += builder.usage(usage_dict(totals.prompt_tokens, totals.completion_tokens,
                                              totals.cached_tokens))
-        yield FinalChunk(tail + DONE)
-        if tracer is not None and last is not None:
-            tracer.mark("gateway.first_chunk", request_id)
+        return tail + DONE
 
     async def _tracked(self, deltas: AsyncIterator[OutputDelta], totals: GenerationTotals,
                        t_arrival: float, t_submit: float) -> AsyncIterator[OutputDelta]:
