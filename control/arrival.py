@@ -4,20 +4,23 @@ so in a plain attribute.
 For a loop that asks between two pieces of work whether anything came: the decision stage,
 between two engine steps, once per token. The call into DDS there cost 38 us (19 us on an
 earlier VM), because a model step has just evicted the caches and the call runs cold; the
-watched check, 7 us (benchmarks/control_poll.py, "cold", 2-core VM). The wait happens here instead, in a thread that
-holds no GIL while it sleeps (ctypes releases it) and wakes only when a message arrives.
+watched check, 7 us (benchmarks/control_poll.py, "cold", 2-core VM). The wait happens here
+instead, in a thread that holds no GIL while it sleeps (ctypes releases it).
 
-Protocol with the loop (control.plane.ReaderSet.take_ready):
+Protocol with the loop (control.plane.ReaderSet):
 
-* the watcher sleeps in its own WaitSet (a read condition per reader, and a guard to stop it);
-  when that wait returns it lowers ``_resume``, raises ``arrived`` and waits for ``_resume``;
-* the loop, seeing ``arrived``, lowers it *before* asking DDS which readers hold something,
-  takes from those, then calls ``resume()``; the watcher sleeps in DDS again, over whatever
-  is left (a message that came after the loop looked wakes it at once).
-
-So a message is never missed: it either arrived before the loop lowered the flag (and the
-loop's own look finds it) or after (and raises the flag again). The cost is one wake-up of
-this thread per batch of messages, not per step.
+* Armed, the watcher sleeps in its own WaitSet (a read condition per reader, and a guard);
+  when that wait returns it lowers ``_resume``, raises ``arrived`` and waits for ``_resume``.
+  The loop, seeing ``arrived``, lowers it *before* asking DDS which readers hold something,
+  takes from those, then calls ``resume()``; the watcher sleeps in DDS again, over whatever is
+  left (a message that came after the loop looked wakes it at once). So no message is missed:
+  it arrived either before the loop lowered the flag (and the loop's own look finds it) or
+  after (and raises the flag again).
+* Disarmed, it is parked and ``arrived`` stays up, so the loop asks DDS itself. The loop
+  disarms before it sleeps in its own WaitSet (idle): were the watcher sleeping in DDS too, a
+  request would wake two threads on the stage's core, and the watcher's turn came before the
+  loop's (~0.13 ms more from the gateway's publication to the admission, 2-core VM). It arms
+  once the loop looks twice in a row without sleeping, i.e. it is stepping an engine.
 """
 from __future__ import annotations
 
@@ -34,15 +37,17 @@ _SLEEP_NS = duration(seconds=3600)
 
 class ArrivalWatcher:
     def __init__(self, participant, data_readers, name: str = "inbox-watch") -> None:
-        self.arrived = True          # until the watcher has looked, the loop asks DDS itself
+        self.arrived = True          # up while disarmed: the loop asks DDS itself
+        self.armed = False
         self._waitset = WaitSet(participant)
         self._conditions = [ReadCondition(dr, SampleState.Any | ViewState.Any | InstanceState.Any)
                             for dr in data_readers]
         for cond in self._conditions:
             self._waitset.attach(cond)
-        self._stop = GuardCondition(participant)
-        self._waitset.attach(self._stop)
-        self._stopping = False
+        self._bell = GuardCondition(participant)   # disarm or stop: out of the DDS wait
+        self._waitset.attach(self._bell)
+        self._stopping = self._dead = False
+        self._arm = threading.Event()
         self._resume = threading.Event()
         # dds_waitset_wait itself: a ctypes call, which releases the GIL while it sleeps.
         self._wait = self._waitset._dll_handle.dds_waitset_wait
@@ -52,13 +57,38 @@ class ArrivalWatcher:
 
     def _run(self) -> None:
         ws, out, n_out = self._waitset._ref, self._triggered, len(self._triggered)
-        while not self._stopping:
+        while True:
+            self._arm.wait()
+            if self._stopping:
+                break
+            self._bell.take()   # rung by a disarm() while it was not in DDS: reset
+            if not self._arm.is_set():
+                continue        # disarmed again meanwhile
             if self._wait(ws, out, n_out, _SLEEP_NS) < 0 or self._stopping:
-                break   # an error: the plane was closed under it
+                break   # stopped, or an error: the plane was closed under it
+            self._bell.take()   # rung by disarm(): reset, or the next wait ends at once
             self._resume.clear()
             self.arrived = True
-            self._resume.wait()
-        self.arrived = True   # stopped: the loop goes back to asking DDS each time
+            if self._arm.is_set():
+                self._resume.wait()
+        self._dead = True     # stopped: the loop goes back to asking DDS each time
+        self.armed = False
+        self.arrived = True
+
+    def arm(self) -> None:
+        """The loop is stepping: sleep in DDS on its behalf."""
+        if self._dead:
+            return
+        self.armed = True
+        self._arm.set()
+
+    def disarm(self) -> None:
+        """The loop is about to sleep in DDS itself: park (``arrived`` stays up)."""
+        self.armed = False
+        self.arrived = True
+        self._arm.clear()
+        self._bell.set(True)
+        self._resume.set()
 
     def resume(self) -> None:
         """The loop took what the readers held: sleep in DDS again."""
@@ -68,15 +98,17 @@ class ArrivalWatcher:
         """Stop the thread (within milliseconds) and delete its DDS entities (``delete``
         False: a closed plane deleted them already)."""
         self._stopping = True
+        self.armed = False
         try:
-            self._stop.set(True)
+            self._bell.set(True)
         except Exception:  # deleted with a closed plane: the wait has ended already
             pass
+        self._arm.set()
         self._resume.set()
         self._thread.join(timeout=5.0)
         if not delete:
             return
-        for entity in (self._waitset, self._stop, *self._conditions):
+        for entity in (self._waitset, self._bell, *self._conditions):
             try:
                 entity.__del__()   # now, not when the garbage collector gets to it
             except Exception:

@@ -370,6 +370,7 @@ class ReaderSet:
         self._reader_of = {ct.addressof(value): r for r, (_, value) in zip(self.readers, attached)}
         self._triggered = (ct.c_void_p * len(attached))()
         self._watcher = None
+        self._looks = 0   # take_ready() calls since the last wait()
         if watched:
             from .arrival import ArrivalWatcher
             self._watcher = ArrivalWatcher(plane._participant, [r._dr for r in self.readers])
@@ -379,14 +380,15 @@ class ReaderSet:
         self.plane._check_usable()
         if any(r._pending for r in self.readers):  # taken from DDS, not handed out yet
             return True
+        self._looks = 0
+        if self._watcher is not None and self._watcher.armed:
+            self._watcher.disarm()   # one thread in DDS per message (control.arrival)
         try:
             got = self._waitset.wait(max(1, int(timeout * 1e9))) > 0
         except DDSException:
             if self.plane.closed:  # closed by another thread while we waited
                 return False
             raise
-        if got and self._watcher is not None:
-            self._watcher.arrived = True   # seen here first: take_ready() must look
         return got
 
     def ready(self) -> list[Reader]:
@@ -406,12 +408,18 @@ class ReaderSet:
 
     def take_ready(self) -> list[tuple[Reader, list]]:
         """Take what the readers hold now: (reader, messages) in the set's order, without
-        waiting. In a watched set, [] at once while the watcher has seen nothing arrive."""
+        waiting. In a watched set, [] at once while the watcher has seen nothing arrive; the
+        watcher is armed at the second call without a wait() in between."""
         watcher = self._watcher
         if watcher is not None:
             if not watcher.arrived:
                 return []
-            watcher.arrived = False   # before looking: what comes from now on raises it again
+            if not watcher.armed:
+                self._looks += 1
+                if self._looks >= 2:
+                    watcher.arm()
+            if watcher.armed:
+                watcher.arrived = False   # before looking: what comes next raises it again
         try:
             got = [(r, r.take(0)) for r in self.ready()]
         finally:

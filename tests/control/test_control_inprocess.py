@@ -261,7 +261,9 @@ def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between()
         w_request, w_cancel = other.writer(t.REQUEST), other.writer(t.CANCEL)
         assert readers[0].wait_for_writers(1, 10) and readers[1].wait_for_writers(1, 10)
         assert inbox.take_ready() == []            # the first call looks in DDS itself
-        assert watcher.arrived is False            # and then trusts the watcher
+        assert not watcher.armed and watcher.arrived
+        assert inbox.take_ready() == []            # the second arms the watcher
+        assert watcher.armed and watcher.arrived is False   # and then trusts it
 
         def take_within(seconds: float):
             deadline = time.monotonic() + seconds
@@ -287,11 +289,21 @@ def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between()
                 seen.setdefault(r, []).extend(x.request_id for x in msgs)
             time.sleep(0.005)
         assert seen == {readers[0]: ["r9"], readers[1]: ["c9"]}
-        # A message seen first by wait() is taken even if the watcher has not said so yet.
-        watcher.arrived = False
+        # An idle wait() disarms the watcher: the loop alone sleeps in DDS, and looks itself.
+        assert watcher.armed
+        assert inbox.wait(0.01) is False
+        assert not watcher.armed and watcher.arrived
         w_request.write(m.Request(request_id="r10"))
         assert inbox.wait(10.0) is True
         assert [x.request_id for _, msgs in inbox.take_ready() for x in msgs] == ["r10"]
+        assert not watcher.armed                   # one look after a wait: not stepping yet
+        for round_ in range(2):   # armed again by two looks in a row, and it still works
+            assert inbox.take_ready() == [] and watcher.armed
+            assert inbox.take_ready() == []
+            w_cancel.write(m.Cancel(request_id=f"d{round_}"))
+            assert [x.request_id for _, msgs in take_within(10) for x in msgs] == [f"d{round_}"]
+            assert inbox.wait(0.01) is False and not watcher.armed
+            assert inbox.take_ready() == [] and not watcher.armed
         thread = watcher._thread
         inbox.close()
         thread.join(timeout=5)
@@ -304,6 +316,54 @@ def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between()
     inbox.close()
     thread.join(timeout=5)
     assert not thread.is_alive() and time.monotonic() - t0 < 5
+
+
+def test_a_watched_reader_set_loses_no_message_across_arming_and_disarming():
+    """Messages written at random moments while the loop alternates between stepping (looks
+    in a row: armed) and idle waits (disarmed): every one is taken, once."""
+    import random
+
+    rng = random.Random(7)
+    with ControlPlane(unique_instance("rsetrace"), "node") as plane, \
+            ControlPlane(plane.instance, "other") as other:
+        reader = plane.reader(t.CANCEL)
+        inbox = ReaderSet(plane, [reader], watched=True)
+        w_cancel = other.writer(t.CANCEL)
+        assert reader.wait_for_writers(1, 10)
+        n = 300
+        sent = [f"c{i}" for i in range(n)]
+
+        def write_all():
+            for rid in sent:
+                w_cancel.write(m.Cancel(request_id=rid))
+                time.sleep(rng.choice((0, 0, 0.0002, 0.001)))
+
+        writer = threading.Thread(target=write_all)
+        writer.start()
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(got) < n:
+            assert time.monotonic() < deadline, f"{n - len(got)} messages never taken"
+            for _ in range(rng.randint(1, 6)):       # stepping: looks in a row
+                got += [x.request_id for _, msgs in inbox.take_ready() for x in msgs]
+                time.sleep(rng.choice((0, 0.0003)))
+            if rng.random() < 0.5:
+                inbox.wait(0.002)                   # idle for a moment: disarmed
+        writer.join()
+        assert got == sent
+        # Stepping only, never waiting: the watcher alone must say when each one came.
+        sent = [f"s{i}" for i in range(100)]
+        writer = threading.Thread(target=write_all)
+        writer.start()
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < len(sent):
+            assert time.monotonic() < deadline, f"{len(sent) - len(got)} messages never taken"
+            got += [x.request_id for _, msgs in inbox.take_ready() for x in msgs]
+            time.sleep(0.0001)
+        writer.join()
+        assert got == sent and inbox._watcher.armed
+        inbox.close()
 
 
 def test_a_reader_without_own_writes_gets_only_the_other_planes_samples():
