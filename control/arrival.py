@@ -29,8 +29,8 @@ from __future__ import annotations
 import ctypes as ct
 import threading
 
-from cyclonedds.core import GuardCondition, InstanceState, ReadCondition, SampleState, ViewState, \
-    WaitSet
+from cyclonedds.core import DDSException, GuardCondition, InstanceState, ReadCondition, SampleState, \
+    ViewState, WaitSet
 from cyclonedds.util import duration
 
 # Longest single sleep in DDS: the guard or a message ends it sooner.
@@ -58,6 +58,16 @@ class ArrivalWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._watch()
+        except DDSException:   # its entities went with a closed plane
+            pass
+        finally:   # stopped: the loop goes back to asking DDS each time
+            self._dead = True
+            self.armed = False
+            self.arrived = True
+
+    def _watch(self) -> None:
         ws, out, n_out = self._waitset._ref, self._triggered, len(self._triggered)
         while True:
             self._arm.wait()
@@ -73,9 +83,6 @@ class ArrivalWatcher:
             self.arrived = True
             if self._arm.is_set():
                 self._resume.wait()
-        self._dead = True     # stopped: the loop goes back to asking DDS each time
-        self.armed = False
-        self.arrived = True
 
     def arm(self) -> None:
         """The loop is stepping: sleep in DDS on its behalf."""

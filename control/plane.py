@@ -384,12 +384,11 @@ class ReaderSet:
         if self._watcher is not None and self._watcher.armed:
             self._watcher.disarm()   # one thread in DDS per message (control.arrival)
         try:
-            got = self._waitset.wait(max(1, int(timeout * 1e9))) > 0
+            return self._waitset.wait(max(1, int(timeout * 1e9))) > 0
         except DDSException:
             if self.plane.closed:  # closed by another thread while we waited
                 return False
             raise
-        return got
 
     def ready(self) -> list[Reader]:
         """The readers that hold a message now, in the set's order, without waiting: one DDS
