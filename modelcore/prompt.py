@@ -131,18 +131,24 @@ class PromptIds:
 
 def expand_image_tokens(ids: Sequence[int], image_token_id: int,
                         image_token_counts: Sequence[int]) -> list[int]:
-    """Each single image token in `ids` becomes as many copies as that image has tokens."""
-    n_slots = sum(1 for i in ids if i == image_token_id)
+    """Each single image token in `ids` becomes as many copies as that image has tokens.
+    list.count / list.index scan in C: a 4000-token agent prompt took ~250 us per request in a
+    Python loop over every id, image or not."""
+    ids = list(ids)
+    n_slots = ids.count(image_token_id)
     if n_slots != len(image_token_counts):
         raise PromptError(f"the prompt has {n_slots} image placeholder(s) but "
                           f"{len(image_token_counts)} image(s) were given")
+    if not n_slots:
+        return ids
     out: list[int] = []
-    counts = iter(image_token_counts)
-    for i in ids:
-        if i == image_token_id:
-            out.extend([image_token_id] * int(next(counts)))
-        else:
-            out.append(i)
+    start = 0
+    for count in image_token_counts:
+        at = ids.index(image_token_id, start)
+        out += ids[start:at]
+        out += [image_token_id] * int(count)
+        start = at + 1
+    out += ids[start:]
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from modelcore.make_checkpoint import train_tokenizer, write_default_checkpoint
-from modelcore.prompt import PromptError, build_prompt, render
+from modelcore.prompt import PromptError, build_prompt, expand_image_tokens, render
 from modelcore.tokenizer import IMAGE, GlmTokenizer
 
 
@@ -102,6 +102,26 @@ def test_prompt_errors(default_dir):
         render([{"role": "user", "content": [{"type": "audio"}]}])
     with pytest.raises(PromptError, match="1 image placeholder.*0 image"):
         build_prompt(tok, [{"role": "user", "content": [{"type": "image"}]}], [])
+
+
+def test_image_placeholders_expand_to_each_images_token_count():
+    """Against the definition (every placeholder becomes its image's count of copies, every
+    other id stays), on random prompts with 0-3 images, placeholders at the ends included."""
+    import random
+
+    rng = random.Random(3)
+    image = 9
+    for _ in range(300):
+        ids = [rng.randrange(5) for _ in range(rng.randrange(0, 40))]
+        counts = [rng.randrange(0, 5) for _ in range(rng.randrange(0, 4))]
+        for _ in counts:
+            ids.insert(rng.randrange(len(ids) + 1), image)
+        expected, it = [], iter(counts)
+        for i in ids:
+            expected += [image] * next(it) if i == image else [i]
+        assert expand_image_tokens(ids, image, counts) == expected
+    with pytest.raises(PromptError, match="1 image placeholder.* but 2 image"):
+        expand_image_tokens([1, image, 2], image, [3, 4])
 
 
 def test_tokenizer_training_is_deterministic(default_dir):
