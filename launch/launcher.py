@@ -107,7 +107,7 @@ class Launcher:
                      f"latency, more power); [pipeline] cpu_latency_us in the spec sets it")
         else:
             self.say(f"[launch] CPU wake-up latency not held ({why}): hand-offs between "
-                     f"stages wait for sleeping cores to wake (run as root to allow it)")
+                     f"stages wait for sleeping cores to wake")
 
     def shutdown(self) -> None:
         # Ignore further Ctrl-C while tearing down: a half-finished teardown leaves orphans.

@@ -47,6 +47,7 @@ class StageProcess:
     restart_at: float | None = None
     crash_looping: bool = False
     ready_reported: bool = False
+    device: str = ""             # where the stage's compute runs, as its `ready` said
     down: bool = False           # marked dead by us; cleared when restarted
     last_exit: str = ""
 
@@ -162,6 +163,8 @@ class Supervisor:
                 # keep-last-1: a stage that went ready -> busy at once may only show busy.
                 if st.state in (State.READY.value, State.BUSY.value) and not sp.ready_reported:
                     sp.ready_reported = True
+                    if st.detail.startswith("device "):
+                        sp.device = st.detail.removeprefix("device ")
                     if sp.last_heartbeat is None:
                         sp.last_heartbeat = now
                     if self.on_ready:
@@ -282,7 +285,8 @@ class Supervisor:
         shared = f" (shared with {', '.join(sp.spec.shares_cores_with)})" \
             if sp.spec.shares_cores_with else ""
         return (f"[launch] {sp.name:<10} pid {sp.pid:<7} cores {cores}{shared}  "
-                f"module {sp.spec.module}  backend {sp.spec.backend}  gpu {sp.spec.gpu}  "
+                f"module {sp.spec.module}  backend {sp.spec.backend}  "
+                f"{f'device {sp.device}' if sp.device else f'gpu {sp.spec.gpu}'}  "
                 f"ready in {time.monotonic() - sp.started_at:.2f} s")
 
 

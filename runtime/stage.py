@@ -145,6 +145,7 @@ class StageRuntime:
         self._hb_seq = 0
         self._hb = None
         self._state_said = True   # False: a ready/busy change the heartbeat has yet to say
+        self._ready_detail = ""   # what `ready` says: the compute's device
 
     # --- startup ------------------------------------------------------------------------
     def run(self) -> int:
@@ -172,6 +173,10 @@ class StageRuntime:
             # and it fell on whichever request was running when it came.
             gc.collect()
             gc.freeze()
+            # Where the compute runs, as it found it (a stage asked for a GPU runs on the CPU
+            # where there is none): the launcher's line for the stage says it.
+            device = getattr(self.compute, "device", None)
+            self._ready_detail = f"device {device}" if device is not None else ""
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()
@@ -355,6 +360,8 @@ class StageRuntime:
     def _publish_state(self, state: State, *, detail: str = "", request_id: str = "") -> None:
         from control.messages import StageState
 
+        if state is State.READY and not detail:
+            detail = self._ready_detail
         self.w_state.write(StageState(stage=self.name, request_id=request_id, state=state.value,
                                       pid=self.pid, cores=list(self.cores),
                                       restarts=self.restarts, detail=detail))

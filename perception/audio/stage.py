@@ -125,6 +125,7 @@ class ModelAudioStage:
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
         self.put_timeout = float(p.get("put_timeout_s", 10.0))
         self.tracer = _tracer(ctx)
+        self.device = device
         ctx.log(f"audio pipeline ({self.mode}, {backend} on {device}, max "
                 f"{self.pipe.max_seconds:g} s) from {self.model_dir}")
         if device == "cuda":
