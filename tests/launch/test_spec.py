@@ -139,14 +139,32 @@ def test_cpu_latency_hold_writes_the_request_and_says_why_not(tmp_path):
 
     from launch.cpu_latency import hold
 
-    dev = tmp_path / "cpu_dma_latency"
+    dev, driver = tmp_path / "cpu_dma_latency", tmp_path / "current_driver"
     dev.write_bytes(b"")
-    h, why = hold(7, device=str(dev))
+    driver.write_text("haltpoll\n")
+    h, why = hold(7, device=str(dev), cpuidle_driver=str(driver))
     assert h is not None and why == ""
     assert struct.unpack("i", dev.read_bytes()) == (7,)
     h.close()
     h.close()  # idempotent
-    h, why = hold(0, device=str(tmp_path / "missing"))
+    h, why = hold(0, device=str(tmp_path / "missing"), cpuidle_driver=str(driver))
     assert h is None and "cannot open" in why and "missing" in why
     with pytest.raises(ValueError, match=">= 0"):
-        hold(-1, device=str(dev))
+        hold(-1, device=str(dev), cpuidle_driver=str(driver))
+
+
+def test_cpu_latency_is_not_held_without_a_cpuidle_driver(tmp_path):
+    """Only a cpuidle driver reads the request: without one (the driver file says none, or
+    cpuidle is absent) nothing is asked, and the reason is given."""
+    from launch.cpu_latency import hold
+
+    dev, driver = tmp_path / "cpu_dma_latency", tmp_path / "current_driver"
+    dev.write_bytes(b"")
+    for state in ("none\n", None):
+        if state is None:
+            driver.unlink()
+        else:
+            driver.write_text(state)
+        h, why = hold(0, device=str(dev), cpuidle_driver=str(driver))
+        assert h is None and "no cpuidle driver" in why
+        assert dev.read_bytes() == b""   # nothing was written
