@@ -360,17 +360,18 @@ class ReaderSet:
                 r._dr, SampleState.Any | ViewState.Any | InstanceState.Any))
         self._woken = GuardCondition(plane._participant)
         self._waitset.attach(self._woken)
-        # dds_waitset_wait itself, for ready(): without cyclonedds' wrapper and the checks of
-        # wait(), the cold-cache call took 19 us against 26 (control-poll-cpu.json; 35 against
-        # 66 in an earlier run: the host varies; benchmarks/control_poll.py).
-        # It fills `_triggered` with the attach values (the address cyclonedds attached each
-        # condition with) of the conditions that hold.
+        # dds_waitset_wait itself, for ready() and wait(): without cyclonedds' wrapper and its
+        # checks, the cold-cache call took 19 us against 26 (benchmarks/control_poll.py, run
+        # of 7de449f; 35 against 66 in an earlier one: the host varies). It fills `_triggered`
+        # with the attach values (the address cyclonedds attached each condition with) of the
+        # conditions that hold, so a wait also says which readers ended it.
         self._wait_now = self._waitset._dll_handle.dds_waitset_wait
         attached = self._waitset.attached          # [(entity, c_int attach value)] in order
         self._reader_of = {ct.addressof(value): r for r, (_, value) in zip(self.readers, attached)}
         self._triggered = (ct.c_void_p * len(attached))()
         self._watcher = None
         self._looks = 0   # take_ready() calls since the last wait()
+        self._woken_by: list[Reader] | None = None   # the readers that ended the last wait()
         if watched:
             from .arrival import ArrivalWatcher
             self._watcher = ArrivalWatcher(plane._participant, [r._dr for r in self.readers])
@@ -384,31 +385,44 @@ class ReaderSet:
         if self._watcher is not None and self._watcher.armed:
             self._watcher.disarm()   # one thread in DDS per message (control.arrival)
         try:
-            return self._waitset.wait(max(1, int(timeout * 1e9))) > 0
+            # The wait says which readers ended it: the take_ready() that follows needs no
+            # second call into DDS to learn it (~20-40 us with the caches cold).
+            n, self._woken_by = self._look(max(1, int(timeout * 1e9)))
         except DDSException:
             if self.plane.closed:  # closed by another thread while we waited
                 return False
             raise
+        return n > 0   # a reader, or wake()
 
     def ready(self) -> list[Reader]:
         """The readers that hold a message now, in the set's order, without waiting: one DDS
         call, and then a take only where there is something (an empty take is ~6 us with a
-        cold cache, per reader). The decision stage asks between two engine steps, once per
-        token, so it calls dds_waitset_wait directly."""
-        pending = [r for r in self.readers if r._pending]   # taken, not handed out yet
-        n = self._wait_now(self._waitset._ref, self._triggered, len(self._triggered), 0)
-        if n < 0:
+        cold cache, per reader)."""
+        self._woken_by = None   # superseded by this look
+        try:
+            return self._look(0)[1]
+        except DDSException:
             self.plane._check_usable()   # a closed plane says so
-            raise DDSException(n, "while checking the readers for messages")
+            raise
+
+    def _look(self, timeout_ns: int) -> tuple[int, list[Reader]]:
+        """dds_waitset_wait itself (the wrapper and its checks cost a cold call ~7 us more):
+        (conditions that hold, the readers among them or with samples taken but not handed
+        out, in the set's order)."""
+        n = self._wait_now(self._waitset._ref, self._triggered, len(self._triggered), timeout_ns)
+        if n < 0:
+            raise DDSException(n, "while waiting for the readers' messages")
         if not n:
-            return pending
+            return 0, [r for r in self.readers if r._pending]
         hit = {self._reader_of.get(self._triggered[i]) for i in range(n)}
-        return [r for r in self.readers if r in hit or r._pending]
+        return n, [r for r in self.readers if r in hit or r._pending]
 
     def take_ready(self) -> list[tuple[Reader, list]]:
         """Take what the readers hold now: (reader, messages) in the set's order, without
         waiting. In a watched set, [] at once while the watcher has seen nothing arrive; the
-        watcher is armed at the second call without a wait() in between."""
+        watcher is armed at the second call without a wait() in between. Right after a wait(),
+        the readers that ended it are taken from (one that got a message since is seen at the
+        next call)."""
         watcher = self._watcher
         if watcher is not None:
             if not watcher.arrived:
@@ -419,8 +433,9 @@ class ReaderSet:
                     watcher.arm()
             if watcher.armed:
                 watcher.arrived = False   # before looking: what comes next raises it again
+        woken_by, self._woken_by = self._woken_by, None
         try:
-            got = [(r, r.take(0)) for r in self.ready()]
+            got = [(r, r.take(0)) for r in (self.ready() if woken_by is None else woken_by)]
         finally:
             if watcher is not None:
                 watcher.resume()

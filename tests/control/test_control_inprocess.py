@@ -248,6 +248,21 @@ def test_reader_set_says_which_readers_hold_a_message():
         assert inbox.ready() == [readers[1]]           # c3 waits in the reader's hands
         assert [x.request_id for x in readers[1].take(0)] == ["c3"]
         assert inbox.ready() == []
+        # take_ready() after a wait() takes from the readers that ended the wait; a message
+        # that came since, on another reader, is taken at the next call.
+        w_cancel.write(m.Cancel(request_id="c4"))
+        assert inbox.wait(10.0) is True
+        w_request.write(m.Request(request_id="r4"))
+        deadline = time.monotonic() + 10
+        while not readers[0]._dr.read(N=1):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        def ids(taken):
+            return [(r, [x.request_id for x in msgs]) for r, msgs in taken]
+        assert ids(inbox.take_ready()) == [(readers[1], ["c4"])]
+        assert ids(inbox.take_ready()) == [(readers[0], ["r4"])]
+        assert inbox.take_ready() == []
     with pytest.raises(ControlPlaneError, match="closed"):
         inbox.ready()
 
