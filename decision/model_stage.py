@@ -55,7 +55,6 @@ EARLY_KEEP_S = 30.0       # embeddings announced before their request arrived ar
 STATS_EVERY_S = 0.25      # engine_stats records at most this often while busy ...
 STATS_IDLE_EVERY_S = 1.0  # ... and this often while idle
 EMBED_RESERVE_FRACTION = 4  # slots the engine holds in place leave 1/4 of the pool free
-TOKEN_SPANS_HELD = 64       # per-token spans of the one-request path go to the tracer in bulk
 _NO_TOP_IDS = np.zeros(TOKEN_RECORD["top_ids"].shape, np.int32)     # a record without logprobs
 _NO_TOP_LOGPROBS = np.zeros(TOKEN_RECORD["top_logprobs"].shape, np.float32)
 
@@ -128,7 +127,6 @@ class ModelDecisionStage:
         # for modalities, and when its prefill began (the first step that computed its rows).
         self.tracer = ctx.tracer
         self._admitting: dict[str, int] = {}      # request id -> arrival (monotonic ns)
-        self._token_spans: list = []              # (request id, start, end, index), held
         self._prefilling: set[str] = set()        # admitted, no token yet
         self._prefill_start: dict[str, int] = {}
         ctx.log(f"decoder from {self.model_dir} on {self.device} ({self.dtype}); KV cache "
@@ -397,8 +395,6 @@ class ModelDecisionStage:
             self._writer.write_many(out)
         if step is not None and self.tracer.enabled:
             self._trace_step(step, now, firsts, decoded, decoded_index, ends)
-        if ends and self._token_spans:
-            self._emit_token_spans()   # before the stage may go idle and flush its tracer
         for rid, reason, error, _ in ends:
             self._forget_trace(rid)
             n = self.produced.pop(rid, 0)
@@ -426,18 +422,9 @@ class ModelDecisionStage:
         self._writer.write_packed(TOKEN_HEAD, (key, time.monotonic_ns(), n, r.token_id,
                                                0, 0, 0, np.nan, 0))
         if step is not None and self.tracer.enabled:
-            # Held, and handed to the tracer in bulk (_emit_token_spans): a tracer call here,
-            # between two steps, cost ~15 us with the caches cold, the append ~3.
-            self._token_spans.append((rid, step[0], step[1], n))
-            if len(self._token_spans) >= TOKEN_SPANS_HELD:
-                self._emit_token_spans()
+            # What emit_batch of a batch of one stands for, without the batch's lists.
+            self.tracer.emit("decision.token", rid, step[0], step[1], index=n, batch=1)
         return True
-
-    def _emit_token_spans(self) -> None:
-        """The held per-token spans, each what emit_batch of a batch of one stands for."""
-        held, self._token_spans = self._token_spans, []
-        for rid, start, end, index in held:
-            self.tracer.emit("decision.token", rid, start, end, index=index, batch=1)
 
     def _trace_step(self, step, written_ns, firsts, decoded, decoded_index, ends) -> None:
         """The spans of one engine step, written after its records reached the ring (the
@@ -549,7 +536,6 @@ class ModelDecisionStage:
         self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s ({graphs} decode graphs)")
 
     def close(self) -> None:
-        self._emit_token_spans()
         self.engine.release_views(keep=False)
         if self.pinned is not None:
             self.pinned.unpin()
