@@ -380,6 +380,7 @@ class ReaderSet:
         """True as soon as some reader has a message, False after ``timeout`` s without."""
         self.plane._check_usable()
         if any(r._pending for r in self.readers):  # taken from DDS, not handed out yet
+            self._woken_by = None   # take_ready() looks itself
             return True
         self._looks = 0
         if self._watcher is not None and self._watcher.armed:
