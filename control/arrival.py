@@ -2,9 +2,9 @@
 so in a plain attribute.
 
 For a loop that asks between two pieces of work whether anything came: the decision stage,
-between two engine steps, once per token. The call into DDS there cost 38 us (19 us on an
+between two engine steps, once per token. The call into DDS there cost 39 us (19 us on an
 earlier VM), because a model step has just evicted the caches and the call runs cold; the
-watched check, 7 us (benchmarks/control_poll.py, "cold", 2-core VM). The wait happens here
+watched check, 6 us (benchmarks/control_poll.py, "cold", 2-core VM). The wait happens here
 instead, in a thread that holds no GIL while it sleeps (ctypes releases it).
 
 Protocol with the loop (control.plane.ReaderSet):
