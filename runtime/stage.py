@@ -360,8 +360,8 @@ class StageRuntime:
     def _publish_state(self, state: State, *, detail: str = "", request_id: str = "") -> None:
         from control.messages import StageState
 
-        if state is State.READY and not detail:
-            detail = self._ready_detail
+        if state in (State.READY, State.BUSY) and not detail:
+            detail = self._ready_detail   # the launcher may see busy first (keep-last-1)
         self.w_state.write(StageState(stage=self.name, request_id=request_id, state=state.value,
                                       pid=self.pid, cores=list(self.cores),
                                       restarts=self.restarts, detail=detail))
