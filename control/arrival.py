@@ -40,7 +40,7 @@ _SLEEP_NS = duration(seconds=3600)
 class ArrivalWatcher:
     def __init__(self, participant, data_readers, name: str = "inbox-watch") -> None:
         self.arrived = True          # up while disarmed: the loop asks DDS itself
-        self.armed = False
+        self.armed = False           # what _arm says, as an attribute the loop reads per token
         self._waitset = WaitSet(participant)
         self._conditions = [ReadCondition(dr, SampleState.Any | ViewState.Any | InstanceState.Any)
                             for dr in data_readers]
