@@ -431,7 +431,7 @@ class ModelDecisionStage:
         gateway is never kept waiting on them): prefill of requests whose first token came,
         first/last token marks at the records' write time, and one batched decision.token span
         for every request this step decoded a token of. The tracer bundles: they go out with
-        the stage's other spans when it goes idle, or every 100 ms / 64 spans."""
+        the stage's other spans when it goes idle, or every 0.5 s / 64 spans."""
         t0, t1 = step
         tr = self.tracer
         for rid in firsts:

@@ -9,8 +9,8 @@ import autoglm_kernels as kernels
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose few-row calls on the GPU (decode steps) run autoglm_kernels.gemv, which reads
-    the weight closer to HBM bandwidth than cuBLAS does at batch 1-16."""
+    """nn.Linear whose few-row calls on the GPU (decode steps) run autoglm_kernels.gemv, which
+    reads the weight closer to HBM bandwidth than cuBLAS does at batch 1-16."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (kernels.enabled(x, "gemv") and x.numel() <= kernels.GEMV_MAX_ROWS * x.shape[-1]

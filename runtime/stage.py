@@ -198,8 +198,8 @@ class StageRuntime:
         self.w_event = self.plane.writer(t.STAGE_EVENT)
         self.w_trace = self.plane.writer(t.TRACE_SPAN)
         from profiler.emit import SpanEmitter
-        # Bundled: spans go out when the stage is idle (or every 0.1 s), not one DDS write
-        # each in the middle of the request they time.
+        # Bundled: spans go out when the stage is idle (or every 0.5 s: BUNDLE_MAX_AGE_NS),
+        # not one DDS write each in the middle of the request they time.
         self.tracer = SpanEmitter(self.w_trace, enabled=os.environ.get(ENV_TRACE, "1") != "0",
                                   bundle=True)
         self.r_config = self.plane.reader(t.CONFIG)
