@@ -54,6 +54,8 @@ class ArrivalWatcher:
         # dds_waitset_wait itself: a ctypes call, which releases the GIL while it sleeps.
         self._wait = self._waitset._dll_handle.dds_waitset_wait
         self._triggered = (ct.c_void_p * (len(self._conditions) + 1))()
+        # What dds_waitset_wait reports for the bell (the address it was attached with).
+        self._bell_key = ct.addressof(self._waitset.attached[-1][1])
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -76,9 +78,11 @@ class ArrivalWatcher:
             self._bell.take()   # rung by a disarm() while it was not in DDS: reset
             if not self._arm.is_set():
                 continue        # disarmed again meanwhile
-            if self._wait(ws, out, n_out, _SLEEP_NS) < 0 or self._stopping:
+            n = self._wait(ws, out, n_out, _SLEEP_NS)
+            if n < 0 or self._stopping:
                 break   # stopped, or an error: the plane was closed under it
-            self._bell.take()   # rung by disarm(): reset, or the next wait ends at once
+            if self._bell_key in out[:n]:
+                self._bell.take()   # rung by disarm(): reset, or the next wait ends at once
             self._resume.clear()
             self.arrived = True
             if self._arm.is_set():

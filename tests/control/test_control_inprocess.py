@@ -315,6 +315,10 @@ def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between()
         for round_ in range(2):   # armed again by two looks in a row, and it still works
             assert inbox.take_ready() == [] and watcher.armed
             assert inbox.take_ready() == []
+            # The disarm's bell was reset: armed and with nothing there, the watcher sleeps
+            # (it does not wake again and again, raising the flag for nothing).
+            time.sleep(0.05)
+            assert watcher.arrived is False
             w_cancel.write(m.Cancel(request_id=f"d{round_}"))
             assert [x.request_id for _, msgs in take_within(10) for x in msgs] == [f"d{round_}"]
             assert inbox.wait(0.01) is False and not watcher.armed
