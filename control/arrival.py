@@ -49,6 +49,8 @@ class ArrivalWatcher:
         self._bell = GuardCondition(participant)   # disarm or stop: out of the DDS wait
         self._waitset.attach(self._bell)
         self._stopping = self._dead = False
+        self._in_dds = False         # the thread is in (or about to enter) its DDS wait
+        self._rung = False           # the bell was rung and not yet reset
         self._arm = threading.Event()
         self._resume = threading.Event()
         # dds_waitset_wait itself: a ctypes call, which releases the GIL while it sleeps.
@@ -75,13 +77,19 @@ class ArrivalWatcher:
             self._arm.wait()
             if self._stopping:
                 break
-            self._bell.take()   # rung by a disarm() while it was not in DDS: reset
+            if self._rung:   # rung by a disarm() whose wait had ended already: reset
+                self._rung = False
+                self._bell.take()
+            self._in_dds = True
             if not self._arm.is_set():
+                self._in_dds = False
                 continue        # disarmed again meanwhile
             n = self._wait(ws, out, n_out, _SLEEP_NS)
+            self._in_dds = False
             if n < 0 or self._stopping:
                 break   # stopped, or an error: the plane was closed under it
             if self._bell_key in out[:n]:
+                self._rung = False
                 self._bell.take()   # rung by disarm(): reset, or the next wait ends at once
             self._resume.clear()
             self.arrived = True
@@ -100,7 +108,12 @@ class ArrivalWatcher:
         self.armed = False
         self.arrived = True
         self._arm.clear()
-        self._bell.set(True)
+        # Only a thread in its DDS wait needs the bell; one on its way there sees _arm cleared
+        # first. (Ringing it on every disarm cost a DDS call here and one to reset it at the
+        # next arm, in the thread hand-off between the first token and the first decode step.)
+        if self._in_dds:
+            self._rung = True
+            self._bell.set(True)
         self._resume.set()
 
     def resume(self) -> None:

@@ -322,6 +322,8 @@ def test_a_watched_reader_set_takes_what_arrives_without_asking_dds_in_between()
             w_cancel.write(m.Cancel(request_id=f"d{round_}"))
             assert [x.request_id for _, msgs in take_within(10) for x in msgs] == [f"d{round_}"]
             assert inbox.wait(0.01) is False and not watcher.armed
+            # Disarming a parked watcher leaves its bell alone: nothing to reset at the next arm.
+            assert inbox.wait(0.01) is False and watcher._bell.read() is False
             assert inbox.take_ready() == [] and not watcher.armed
         thread = watcher._thread
         inbox.close()
