@@ -44,18 +44,20 @@ def _shm_rows(instance: str) -> list[TopicRow]:
         chans = Registry(instance).channels()
     except InstanceNotFoundError:
         return []
+    from shm.inflight import board_writer_pid
+
     from .channels import read_manifest
 
     stages = (read_manifest(instance) or {}).get("stages", {})
+    stage_of_pid = {pid: s for s in stages if (pid := board_writer_pid(instance, s))}
     rows = []
     for c in chans:
         typ = f"{c.kind}[{c.count} x {c.item_bytes} B]"
-        pubs = [f"pid {c.producer_pid}" + ("" if c.producer_alive else " (dead)")] \
-            if c.producer_pid else []
-        subs = [f"pid {x['pid']}" + ("" if x["alive"] else " (dead)") for x in c.consumers]
-        # Declared endpoints (from the launch manifest) first, then what the OS shows live.
-        pubs = [s for s, d in stages.items() if c.name in d["outputs"]] + pubs
-        subs = [s for s, d in stages.items() if c.name in d["inputs"]] + subs
+        live = [(c.producer_pid, c.producer_alive)] if c.producer_pid else []
+        pubs = _endpoints([s for s, d in stages.items() if c.name in d["outputs"]], live,
+                          stage_of_pid)
+        subs = _endpoints([s for s, d in stages.items() if c.name in d["inputs"]],
+                          [(x["pid"], x["alive"]) for x in c.consumers], stage_of_pid)
         extra = {"written": c.written, "read": c.read, "dropped": c.dropped,
                  "kind": c.kind, "item_bytes": c.item_bytes, "count": c.count}
         if c.kind == "pool":
@@ -65,6 +67,23 @@ def _shm_rows(instance: str) -> list[TopicRow]:
             extra["consumers"] = c.consumers
         rows.append(TopicRow(SHM_PREFIX + c.name, "shm", typ, pubs, subs, extra))
     return rows
+
+
+def _endpoints(declared: list[str], live: list[tuple[int, bool]],
+               stage_of_pid: dict[int, str]) -> list[str]:
+    """A channel's endpoints: the stages the launch manifest declares, each with the pid the
+    OS shows at the channel when it is that stage's process ("decision (pid 812)"), then the
+    live pids no declared stage accounts for (a tool, a stage's earlier process)."""
+    named = {name: name for name in declared}
+    rest = []
+    for pid, alive in live:
+        state = "" if alive else ", dead"
+        stage = stage_of_pid.get(pid)
+        if stage in named and named[stage] == stage:
+            named[stage] = f"{stage} (pid {pid}{state})"
+        else:
+            rest.append(f"pid {pid}" + ("" if alive else " (dead)"))
+    return list(named.values()) + rest
 
 
 def _pool_holders(instance: str, name: str) -> list[str]:

@@ -99,6 +99,20 @@ class InFlightBoard:
                 pass
 
 
+def board_writer_pid(instance: str, stage: str, root=None) -> int | None:
+    """The pid of the process that created the stage's board (the stage's latest process),
+    or None when it has none. For inspection tools, to name a channel's live endpoints."""
+    try:
+        with open(board_path(instance, stage, root), "rb") as f:
+            data = f.read(_HEADER.size)
+    except FileNotFoundError:
+        return None
+    if len(data) < _HEADER.size:
+        return None
+    magic, _, _, pid = _HEADER.unpack(data)
+    return pid if magic == MAGIC and pid > 0 else None
+
+
 def read_board(instance: str, stage: str, root=None) -> list[str]:
     """The request ids on a stage's board, in entry order; [] when it has none (never
     started, or already consumed). For the launcher after the stage died, and for

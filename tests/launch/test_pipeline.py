@@ -136,8 +136,10 @@ def test_topic_list_and_info(pipeline, client):
     assert by["shm/frames"]["type"] == "pool[4 x 65536 B]"
     assert "vision" in by["shm/frames"]["subscribers"] and "gateway" in by["shm/frames"]["publishers"]
     assert by["shm/tokens"]["type"] == f"ring[256 x {TOKEN_RECORD.itemsize} B]"
-    gw = pipeline.initial_pids["gateway"]
-    assert f"pid {gw}" in by["shm/tokens"]["subscribers"]  # the gateway's live ring cursor
+    # A ring's live writer and cursor are named by the stage whose process holds them.
+    gw, dec = pipeline.initial_pids["gateway"], pipeline.initial_pids["decision"]
+    assert by["shm/tokens"]["subscribers"] == [f"gateway (pid {gw})"]
+    assert by["shm/tokens"]["publishers"] == [f"decision (pid {dec})"]
     info = json.loads(cli("topic", "info", "shm/tokens", "--instance", pipeline.instance, "--json").stdout)
     assert info["kind"] == "ring" and info["written"] >= 6
     info = cli("topic", "info", "event", "--instance", pipeline.instance).stdout
