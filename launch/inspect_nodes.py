@@ -1,5 +1,7 @@
 """What `autoglm node list|info` shows: the stages of an instance, from a passive DDS reader
-(stage states, heartbeats) plus the OS's own view of each process (cores, CPU%, RSS)."""
+(stage states, heartbeats) plus the OS's own view of each process (cores, CPU%, RSS); with
+endpoints, the DDS topics each publishes and subscribes (discovery) and the shm channels the
+launch manifest gives it."""
 from __future__ import annotations
 
 import os
@@ -65,6 +67,7 @@ def collect_nodes(instance: str, *, window_s: float = 1.2, endpoints: bool = Fal
                            + 0.25 - time.monotonic()))
         now_ns = time.monotonic_ns()
         eps = disc.topics() if disc else []
+        declared = _declared_channels(instance) if endpoints else {}
         rows = []
         for name in sorted(set(states) | set(heartbeats)):
             st, hb = states.get(name), heartbeats.get(name)
@@ -97,8 +100,21 @@ def collect_nodes(instance: str, *, window_s: float = 1.2, endpoints: bool = Fal
                     row.publishes.append(info.name)
                 if any(e.node == name for e in info.subscribers):
                     row.subscribes.append(info.name)
+            outputs, inputs = declared.get(name, ((), ()))
+            row.publishes += outputs
+            row.subscribes += inputs
             rows.append(row)
         return rows
+
+
+def _declared_channels(instance: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Stage name -> (shm channels it writes, those it reads), from the launch manifest."""
+    from .channels import read_manifest
+    from .inspect_topics import SHM_PREFIX
+
+    stages = (read_manifest(instance) or {}).get("stages", {})
+    return {name: ([SHM_PREFIX + c for c in d.get("outputs", ())],
+                   [SHM_PREFIX + c for c in d.get("inputs", ())]) for name, d in stages.items()}
 
 
 def _prime(procs: dict, pid: int) -> None:

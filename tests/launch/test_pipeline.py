@@ -118,6 +118,9 @@ def test_node_list_and_info(pipeline, client):
     assert f"pid            {pipeline.initial_pids['vision']} (alive)" in info
     assert "autoglm/request" in info.split("subscribes")[1]
     assert "autoglm/heartbeat" in info.split("publishes")[1].split("subscribes")[0]
+    # Its shm channels too, as the spec gives them.
+    assert "shm/embeddings" in info.split("publishes")[1].split("subscribes")[0]
+    assert "shm/frames" in info.split("subscribes")[1]
     r = cli("node", "info", "nosuch", "--instance", pipeline.instance, check=False)
     assert r.returncode == 1 and "no stage 'nosuch'" in r.stderr
 
