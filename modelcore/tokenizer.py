@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer
 
+from .token_cache import MIN_CHARS, PieceCache
+
 # Special tokens GLM-4.1V uses, by name. Which of them exist is read from tokenizer.json.
 GMASK, SOP = "[gMASK]", "<sop>"
 SYSTEM, USER, ASSISTANT, OBSERVATION = "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"
@@ -38,6 +40,8 @@ class GlmTokenizer:
                  eos_token_ids: Sequence[int] | None = None):
         self._tok = tokenizer
         self.chat_template = chat_template
+        pieces = PieceCache(tokenizer)
+        self._pieces = pieces if pieces.enabled else None
         names = SPECIAL_TOKEN_NAMES + TAG_TOKEN_NAMES
         self.special: dict[str, int] = {
             n: i for n in names if (i := tokenizer.token_to_id(n)) is not None}
@@ -74,7 +78,10 @@ class GlmTokenizer:
 
     # --- text -----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; special tokens written in the text become their ids."""
+        """Token ids of `text`; special tokens written in the text become their ids. A long
+        text is put together from cached pieces (modelcore.token_cache): the same ids."""
+        if self._pieces is not None and len(text) >= MIN_CHARS:
+            return self._pieces.encode(text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
