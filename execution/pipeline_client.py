@@ -43,11 +43,12 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    # The image already resized to its final size, uint8 [H, W, 3] RGB: 8x fewer bytes into
-    # shm than normalised float32 patches with the temporal duplicate; the vision stage
+    # The decoded RGB image, uint8 [H, W, 3], at its own size or already resized to the grid's
+    # (RequestPreparer.frame_at_own_size decides): 8x fewer bytes into shm than normalised
+    # float32 patches with the temporal duplicate; the vision stage resizes it where needed,
     # normalises and patchifies.
     frame: np.ndarray
-    grid_thw: tuple[int, int, int]  # (1, H / patch, W / patch)
+    grid_thw: tuple[int, int, int]  # (1, resized H / patch, resized W / patch)
     num_tokens: int  # placeholders expanded in the prompt for this image
 
 

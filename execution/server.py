@@ -32,6 +32,8 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
     tok = GlmTokenizer.from_dir(model_dir)
     images = ImageProcessor.from_dir(model_dir)
     client = client or ShmPipelineClient(instance)
+    own_size = _frame_at_own_size(client, instance) if isinstance(client, ShmPipelineClient) \
+        else None
     audio_params = dict(audio_params or {})
     audio = AudioLayout.from_dir(model_dir, tok) if audio_mode == "embed" else None
     transcription = None
@@ -40,7 +42,21 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
             client.transcribe, float(audio_params.get("transcribe_timeout_s", 120.0)))
     max_s = float(audio_params.get("max_seconds", DEFAULT_MAX_AUDIO_SECONDS))
     return build_app(config, client, RequestPreparer(tok, images, config.prepare, audio,
-                                                     transcription, max_s))
+                                                     transcription, max_s, own_size))
+
+
+def _frame_at_own_size(client, instance: str):
+    """An image may go at its own size when it fits a `frames` slot of the instance and a
+    stage resizes frames on its GPU (the vision stage says so when ready); else the gateway
+    resizes it. None when the instance has no `frames` pool."""
+    from shm.errors import ChannelNotFoundError, InstanceNotFoundError
+    from shm.registry import Registry
+
+    try:
+        slot = Registry(instance).channel(client.channels["frames"]).item_bytes
+    except (ChannelNotFoundError, InstanceNotFoundError):
+        return None
+    return lambda nbytes: nbytes <= slot and client.frames_resized_downstream()
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

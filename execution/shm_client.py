@@ -120,6 +120,7 @@ class ShmPipelineClient:
         self._ring_reader = None
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
         self._states: dict[str, str] = {}
+        self._details: dict[str, str] = {}  # stage -> its state's detail ("device cuda:0; ...")
         self.lost_records = 0
         self._stats_reader = None
         self._engine_stats = None  # newest ENGINE_STATS_RECORD
@@ -450,20 +451,35 @@ class ShmPipelineClient:
                     fut.set_exception(err)
 
     # --- health and stats ---------------------------------------------------------------
+    def _take_states(self) -> None:
+        for st in self._state_reader.take(0):
+            self._states[st.stage] = st.state
+            self._details[st.stage] = st.detail
+
+    def frames_resized_downstream(self) -> bool:
+        """Whether a ready stage resizes frames on its device (the vision stage on a GPU says
+        so): the gateway may then send an image at its own size. Thread-safe."""
+        from runtime.compute import RESIZES_FRAMES
+
+        if self._plane is None:
+            return False
+        self._take_states()
+        return any(self._states.get(stage) in ("ready", "busy")
+                   and RESIZES_FRAMES in detail.split("; ")
+                   for stage, detail in list(self._details.items()))
+
     def _stages_down(self) -> str:
         """'' when every stage that announced a state is ready or busy, else which are not."""
         if self._plane is None:
             return ""
-        for st in self._state_reader.take(0):
-            self._states[st.stage] = st.state
+        self._take_states()
         return "; ".join(f"stage {k} is {v}" for k, v in self._states.items()
                          if v not in ("ready", "busy"))
 
     async def health(self) -> PipelineHealth:
         if self._plane is None:
             return PipelineHealth(False, "not started")
-        for st in self._state_reader.take(0):
-            self._states[st.stage] = st.state
+        self._take_states()
         bad = {k: v for k, v in self._states.items() if v not in ("ready", "busy")}
         if not self._states:
             return PipelineHealth(False, "no stage has announced its state yet")

@@ -164,7 +164,7 @@ class Supervisor:
                 if st.state in (State.READY.value, State.BUSY.value) and not sp.ready_reported:
                     sp.ready_reported = True
                     if st.detail.startswith("device "):
-                        sp.device = st.detail.removeprefix("device ")
+                        sp.device = st.detail.removeprefix("device ").split(";")[0]
                     if sp.last_heartbeat is None:
                         sp.last_heartbeat = now
                     if self.on_ready:

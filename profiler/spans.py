@@ -21,7 +21,8 @@ GATEWAY_RECEIVE = "gateway.receive"          # HTTP request read and validated
 GATEWAY_MEDIA_DECODE = "gateway.media_decode"  # images/audio decoded, prompt rendered + tokenised
 GATEWAY_SHM_WRITE = "gateway.shm_write"      # media + prompt ids written into shm slot pools
 GATEWAY_SUBMIT = "gateway.submit"            # request published on the request topic (mark)
-VISION_FRAME_READ = "vision.frame_read"      # resized frame copied out of its shm slot
+VISION_FRAME_READ = "vision.frame_read"      # frame taken from its shm slot (in place)
+VISION_RESIZE = "vision.resize"              # frame smart-resized (when the gateway did not)
 VISION_ENCODE = "vision.encode"              # image processor + vision tower + merger
 VISION_SHM_WRITE = "vision.shm_write"        # image embeddings written into the embeddings pool
 AUDIO_ENCODE = "audio.encode"                # log-mel + audio encoder + projection
@@ -43,10 +44,10 @@ REQUEST_SPANS = (GATEWAY_RECEIVE, GATEWAY_MEDIA_DECODE, GATEWAY_SHM_WRITE, VISIO
 # Model compute: time spent here is the model's, everything else of a request's end-to-end
 # time is the pipeline's own overhead (queueing, hand-offs, serialisation, HTTP).
 COMPUTE_SPANS = frozenset({VISION_ENCODE, AUDIO_ENCODE, DECISION_PREFILL, DECISION_TOKEN})
-# Request preparation in the gateway (image/audio decoding, resizing, tokenising): not model
-# compute, and not hand-off or queueing either; the overhead report gives the overhead with
-# and without it.
-PREPROCESS_SPANS = frozenset({GATEWAY_MEDIA_DECODE})
+# Request preparation (the gateway's image/audio decoding and tokenising, the vision stage's
+# resize): not model compute, and not hand-off or queueing either; the overhead report gives
+# the overhead with and without it.
+PREPROCESS_SPANS = frozenset({GATEWAY_MEDIA_DECODE, VISION_RESIZE})
 # Spans that move bulk data through shared memory (the hand-off budget applies to them).
 SHM_HANDOFF_SPANS = frozenset({GATEWAY_SHM_WRITE, VISION_FRAME_READ, VISION_SHM_WRITE,
                                AUDIO_SHM_WRITE, DECISION_EMBED_READ})

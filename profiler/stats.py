@@ -235,7 +235,10 @@ def overhead_segments(spans: Sequence[Span]) -> dict[str, int]:
             continue
         inside = [s for s in other if s.start_ns <= a and b <= s.end_ns]
         if inside:
-            label = "in " + max(inside, key=lambda s: s.start_ns).name
+            # Work (preprocessing) before waits that overlap it (an admission waiting for
+            # the vision stage's resize), else the innermost: the latest to start.
+            label = "in " + max(inside, key=lambda s: (s.name in PREPROCESS_SPANS,
+                                                       s.start_ns)).name
         else:
             before = max((s for s in flow if s.end_ns <= a), key=lambda s: s.end_ns, default=None)
             after = min((s for s in flow if s.start_ns >= b), key=lambda s: s.start_ns,

@@ -44,6 +44,10 @@ ENV_HTTP_HOST = "AUTOGLM_HTTP_HOST"
 ENV_HTTP_PORT = "AUTOGLM_HTTP_PORT"
 ENV_GATEWAY = "AUTOGLM_GATEWAY_PARAMS"  # JSON: gateway params given as `autoglm launch` flags
 COMPUTES = ("model", "minimal")
+# What a stage says it does, after its device, in its ready state's detail ("device cuda:0;
+# resizes frames"): the vision stage resizes frames on its GPU, so the gateway may send them
+# at their own size.
+RESIZES_FRAMES = "resizes frames"
 
 
 def compute_kind(ctx) -> str:

@@ -174,9 +174,11 @@ class StageRuntime:
             gc.collect()
             gc.freeze()
             # Where the compute runs, as it found it (a stage asked for a GPU runs on the CPU
-            # where there is none): the launcher's line for the stage says it.
+            # where there is none): the launcher's line for the stage says it. Then what the
+            # compute says it does (ready_notes: the vision stage's "resizes frames").
             device = getattr(self.compute, "device", None)
-            self._ready_detail = f"device {device}" if device is not None else ""
+            notes = [f"device {device}"] if device is not None else []
+            self._ready_detail = "; ".join(notes + list(getattr(self.compute, "ready_notes", ())))
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()

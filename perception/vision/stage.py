@@ -2,10 +2,15 @@
 (params.compute = "model"), or the minimal random-projection stand-in of the plumbing tests
 (params.compute = "minimal").
 
-Model compute: for every request with images, each image's resized uint8 [H, W, 3] frame
-(the gateway already smart-resized it, so H and W are multiples of patch * merge) is read
-from its `frames` slot, normalised and cut into merge-ordered patches (DevicePatchifier: on
-the tower's device, bit-identical to the CPU processor), run through the VisionTower
+Model compute: for every request with images, each image's uint8 [H, W, 3] frame is read
+from its `frames` slot and brought to the size of the request's grid for it
+(``extra["image_grids"]``: the smart_resize target, multiples of patch * merge). The gateway
+resizes it itself unless this stage announced "resizes frames" in its ready state
+(params.resize_frames: "auto" = on CUDA, after a check against Pillow at start) and the image
+fits a slot; then it comes at its own size and perception.vision.resize does it on the
+device, Pillow's bicubic bit for bit. Then it is normalised and cut into merge-ordered
+patches (DevicePatchifier: on the tower's device, bit-identical to the CPU processor), run
+through the VisionTower
 (device and dtype from the spec: cuda + bf16 where available, else cpu + fp32), and its
 [n_tokens, hidden] embeddings are written into the `embeddings` pool, one slot per image, in
 order, each announced by a `modality_ready` event (modality "image", detail JSON
@@ -98,11 +103,22 @@ class ModelVisionStage:
                                                  device=self.device)
         self.processor = ImageProcessor.from_dir(self.model_dir)
         self.patchify = DevicePatchifier(self.processor, self.device)
+        # params.resize_frames: "auto" (on CUDA), true (here on the CPU too), false (the gateway
+        # resizes every image, as it does for stages that do not announce it).
+        mode = ctx.params.get("resize_frames", "auto")
+        if mode not in ("auto", True, False):
+            raise ValueError(f"params.resize_frames must be \"auto\", true or false, got {mode!r}")
+        self.resizes_frames = self.device.type == "cuda" if mode == "auto" else mode
+        # On CUDA with torch (perception.vision.resize); on a CPU core Pillow is ~15x faster
+        # (30 ms against 474 for a 1080x2400 screenshot on the 2-core VM) and the reference.
+        self.torch_resize = self.device.type == "cuda"
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
         self.put_timeout = float(ctx.params.get("put_timeout_s", 10.0))
         ctx.log(f"vision tower from {self.model_dir} on {self.device} ({self.dtype})")
         if self.device.type == "cuda":
             self._warm_up()
+        if self.resizes_frames and self.torch_resize:
+            self._check_device_resize()
 
     def _warm_up(self) -> None:
         """One blank frame through the tower before the stage reports ready: the first CUDA
@@ -116,8 +132,54 @@ class ModelVisionStage:
         torch.cuda.synchronize(self.device)
         self.ctx.log(f"warmed up in {time.monotonic() - t0:.1f} s")
 
+    @property
+    def ready_notes(self) -> tuple[str, ...]:
+        """Said in the stage's ready state: the gateway then sends frames at their own size."""
+        from runtime.compute import RESIZES_FRAMES
+
+        return (RESIZES_FRAMES,) if self.resizes_frames else ()
+
+    def _check_device_resize(self) -> None:
+        """The device's resize against Pillow's on a random image, once per pass order; on
+        any difference or error the stage leaves resizing to the gateway, and says so."""
+        import torch
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+        for h, w in ((84, 112), (28, 140)):   # horizontal pass first; vertical first
+            ref = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+            try:
+                got = self.to_size(torch.from_numpy(image), h, w).cpu().numpy()
+                why = f"{int((ref != got).sum())} values differ from this Pillow's at {w}x{h}"
+            except Exception as e:
+                got, why = None, f"{type(e).__name__}: {e}"
+            if got is None or not np.array_equal(ref, got):
+                self.ctx.log(f"frames are resized by the gateway: the device's resize failed "
+                             f"its check ({why})")
+                self.resizes_frames = self.torch_resize = False   # Pillow for any in flight
+                return
+
+    def to_size(self, frame, height: int, width: int):
+        """The uint8 [H, W, 3] frame at (height, width): as it is when it has that size, else
+        resized with Pillow's bicubic: on CUDA by perception.vision.resize, else by Pillow."""
+        import torch
+
+        if tuple(frame.shape[:2]) == (height, width):
+            return frame
+        if self.torch_resize:
+            from perception.vision.resize import resize_bicubic
+
+            return resize_bicubic(frame.to(self.device, non_blocking=True), height, width)
+        from PIL import Image
+
+        pil = Image.fromarray(frame.cpu().numpy()).resize((width, height),
+                                                         Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.array(pil))
+
     def embed(self, frame, loan=None):
-        """uint8 [H, W, 3] resized frame -> (embeddings [n_tokens, hidden], grid).
+        """uint8 [H, W, 3] frame at its smart_resize size -> (embeddings [n_tokens, hidden],
+        grid).
 
         With a shm WriteLoan on the CPU the tower's last matmul writes straight into the
         slot and the embeddings returned are that slot; on CUDA they come back on the device
@@ -140,6 +202,9 @@ class ModelVisionStage:
     def on_request(self, req) -> None:
         import json
 
+        import torch
+
+        from control.messages import unpack_extra
         from runtime.compute import shm_ref, slot_ref
 
         mods = list(req.modalities)
@@ -150,6 +215,8 @@ class ModelVisionStage:
         self.ctx.begin(rid)
         tracer = self.ctx.tracer
         pool = self.ctx.pool(self.out_channel)
+        grids = unpack_extra(req.extra).get("image_grids") or []
+        patch = self.processor.patch_size
         for n, i in enumerate(at):
             ref = slot_ref(req.media[i])
             loan = None
@@ -159,6 +226,13 @@ class ModelVisionStage:
                 frame = frames.read_torch(ref)    # in place: given back once patchified
                 frame_bytes = frame.numel()
                 t1 = time.monotonic_ns()
+                size = (grids[n][1] * patch, grids[n][2] * patch) if n < len(grids) else None
+                resized = size is not None and tuple(frame.shape[:2]) != size
+                if resized:
+                    frame = self.to_size(frame, *size)
+                    if frame.is_cuda:
+                        torch.cuda.synchronize(self.device)   # its own time, in its own span
+                tr = time.monotonic_ns()
                 # The output slot is loaned before the tower runs, which then computes into
                 # it: the embeddings never take another copy on their way to the decision.
                 try:
@@ -188,14 +262,17 @@ class ModelVisionStage:
                           output=shm_ref(out, nbytes), n_tokens=n_tokens,
                           grid_thw=list(grid), detail=json.dumps({"key": f"image{n}"}))
             # Spans after the event, so the decision stage never waits on them; a failing
-            # image leaves none. Frame taken from shm; processor + tower + merger (computing
-            # into the loaned slot); the hand-off: slot loaned (acquire_ns) and committed.
+            # image leaves none. Frame taken from shm; resized (when the gateway sent it at
+            # its own size); processor + tower + merger (computing into the loaned slot); the
+            # hand-off: slot loaned (acquire_ns) and committed.
             tracer.emit("vision.frame_read", rid, t0, t1, image=n,
                         bytes=frame_bytes)
+            if resized:
+                tracer.emit("vision.resize", rid, t1, tr, image=n, size=list(size))
             tracer.emit("vision.encode", rid, ta, t2, image=n, tokens=n_tokens,
                         grid=list(grid))
             tracer.emit("vision.shm_write", rid, t2, t3, image=n, bytes=nbytes,
-                        acquire_ns=ta - t1)
+                        acquire_ns=ta - tr)
         self.ctx.finish(rid, n_tokens=len(at))
 
 

@@ -1,5 +1,7 @@
-"""The decision stage with overlapped decode (params.overlap_decode, on by default with CUDA)
-through the whole pipeline: concurrent greedy streams must equal the in-process model."""
+"""What the stages do by default on CUDA, forced on the CPU, through the whole pipeline: the
+decision stage's overlapped decode (params.overlap_decode) and the vision stage resizing the
+frames the gateway sends at their own size (params.resize_frames). Greedy outputs must equal
+the in-process model's."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -10,14 +12,18 @@ from .conftest import REPO, ready_pipeline
 from .test_serving import MODEL, _reference_text
 
 DECISION_PARAMS = 'params = { compute = "model", max_model_len = 25480 }'
+VISION_PARAMS = '[stages.vision]\nmodule = "perception.vision.stage"\ncores = "auto"\ngpu = "cuda"\nbackend = "torch"\ninputs = ["frames"]\noutputs = ["embeddings"]\nparams = { compute = "model" }'
 
 
 @pytest.fixture(scope="module")
 def overlap_pipeline(tmp_path_factory):
     spec = (REPO / "launch/specs/default.toml").read_text()
     assert DECISION_PARAMS in spec, "the default spec's decision params changed: update this test"
+    assert VISION_PARAMS in spec, "the default spec's vision stage changed: update this test"
+    spec = spec.replace(DECISION_PARAMS, DECISION_PARAMS[:-2] + ", overlap_decode = true }")
+    spec = spec.replace(VISION_PARAMS, VISION_PARAMS[:-2] + ", resize_frames = true }")
     path = tmp_path_factory.mktemp("spec") / "overlap.toml"
-    path.write_text(spec.replace(DECISION_PARAMS, DECISION_PARAMS[:-2] + ", overlap_decode = true }"))
+    path.write_text(spec)
     yield from ready_pipeline("ovl", spec=str(path))
 
 
@@ -44,3 +50,31 @@ def test_concurrent_greedy_streams_equal_the_in_process_model(overlap_pipeline):
     for i, (text, finish) in enumerate(results):
         assert finish == "length"
         assert text == _reference_text([{"role": "user", "content": prompts[i]}], [], lengths[i])
+
+
+def test_an_image_resized_by_the_vision_stage_equals_the_in_process_model(overlap_pipeline):
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    import openai
+
+    from runtime.compute import RESIZES_FRAMES
+
+    from .conftest import image_message, png_data_url
+
+    info = subprocess.run([sys.executable, "-m", "launch.cli", "node", "info", "vision",
+                           "--instance", overlap_pipeline.instance, "--json"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    assert RESIZES_FRAMES in json.loads(info.stdout)["detail"]
+    # The launcher's line still names just the device.
+    line = next(ln for ln in overlap_pipeline.output().splitlines() if "] vision " in ln and " pid " in ln)
+    assert "device cpu  ready in" in line, line
+    client = openai.OpenAI(base_url=overlap_pipeline.url + "/v1", api_key="EMPTY", timeout=120)
+    url = png_data_url(300, 590, seed=4)     # resized to 308x588: by the vision stage here
+    r = client.chat.completions.create(model=MODEL, messages=[image_message(url, "Open it")],
+                                       max_tokens=8, temperature=0)
+    png = base64.b64decode(url.split(",", 1)[1])
+    ref = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Open it"}]}]
+    assert r.choices[0].message.content == _reference_text(ref, [png], 8)

@@ -14,9 +14,10 @@ from execution.prepare import RequestPreparer
 
 @contextlib.contextmanager
 def running_gateway(tok, client, *, image_processor=None, prepare: PrepareConfig | None = None,
-                    **config):
+                    frame_at_own_size=None, **config):
     cfg = GatewayConfig(prepare=prepare or PrepareConfig(max_model_len=2048), **config)
-    app = build_app(cfg, client, RequestPreparer(tok, image_processor, cfg.prepare))
+    app = build_app(cfg, client, RequestPreparer(tok, image_processor, cfg.prepare,
+                                                 frame_at_own_size=frame_at_own_size))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -313,6 +313,35 @@ def test_images_expand_to_their_token_count(glm_tok, tmp_path):
     assert len(pipe.submitted) == 1
 
 
+@pytest.mark.parametrize("own_size", [True, False])
+def test_an_image_goes_at_its_own_size_when_the_vision_stage_resizes_frames(glm_tok, own_size):
+    """Asked per image (by its bytes): yes when a stage downstream resizes frames on its GPU
+    and the image fits a frames slot; else the gateway resizes it."""
+    from execution.config import PrepareConfig
+    from perception.vision.processor import ImageProcessor
+
+    proc = ImageProcessor(max_pixels=5_000_000)
+    pipe = ScriptedPipeline(glm_tok, "ok")
+    asked = []
+
+    def frame_at_own_size(nbytes):
+        asked.append(nbytes)
+        return own_size
+
+    with running_gateway(glm_tok, pipe, image_processor=proc,
+                         prepare=PrepareConfig(max_model_len=8192),
+                         frame_at_own_size=frame_at_own_size) as (url, _):
+        r = post(url, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": _png_data_url(1080, 2400)}}]}])
+        assert r.status_code == 200, r.text
+    assert asked == [1080 * 2400 * 3]
+    image = pipe.submitted[0].images[0]
+    h, w = proc.resized_size(1080, 2400)
+    assert image.grid_thw == (1, h // 14, w // 14)            # the resized size, either way
+    assert image.num_tokens == proc.num_image_tokens(1080, 2400)
+    assert image.frame.shape == ((2400, 1080, 3) if own_size else (h, w, 3))
+
+
 def test_openai_sdk(glm_tok):
     import openai
     pipe = ScriptedPipeline(glm_tok, SCRIPT)

@@ -160,3 +160,43 @@ def test_sixteen_concurrent_streams_openai_sdk(pipeline, glm_tok):
             return await asyncio.gather(*[one(c, i) for i in range(16)])
         results = asyncio.run(main())
     assert results == [("length", 5)] * 16
+
+
+def test_images_go_at_their_own_size_only_while_a_ready_stage_resizes_frames(pipeline):
+    """The vision stage on a GPU says "resizes frames" in its ready state; the minimal one
+    here does not. A stand-in stage announces it over DDS, as a real one would."""
+    from control import topics as t
+    from control.messages import StageState
+    from control.plane import ControlPlane
+    from execution.server import _frame_at_own_size
+    from runtime.compute import RESIZES_FRAMES
+
+    async def main():
+        client = ShmPipelineClient(pipeline)
+        await client.start()
+        try:
+            own_size = _frame_at_own_size(client, pipeline)
+            screenshot = 1080 * 2400 * 3            # 7.8 MB: over this spec's 3 MiB slots
+            assert not own_size(100_000)            # nothing resizes frames yet
+            with ControlPlane(pipeline, "gpu-vision") as plane:
+                states = plane.writer(t.STAGE_STATE)
+
+                def say(state, detail):
+                    states.write(StageState(stage="gpu-vision", state=state, detail=detail,
+                                            pid=os.getpid(), t_mono_ns=time.monotonic_ns()))
+
+                def within(seconds, want):
+                    deadline = time.monotonic() + seconds
+                    while own_size(100_000) != want:
+                        assert time.monotonic() < deadline, f"never {want}"
+                        time.sleep(0.05)
+
+                say("ready", f"device cuda:0; {RESIZES_FRAMES}")
+                within(10, True)
+                assert not own_size(screenshot)     # does not fit a slot: resized here
+                say("dead", "stopped")
+                within(10, False)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
