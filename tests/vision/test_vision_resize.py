@@ -88,3 +88,15 @@ def test_the_stage_stops_announcing_a_resize_that_fails_its_check(monkeypatch):
     stage._check_device_resize()
     assert not stage.resizes_frames and stage.ready_notes == () and not stage.torch_resize
     assert "differ from this Pillow's" in stage.ctx.lines[-1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA resize is checked on a GPU")
+def test_on_cuda_it_equals_pillow_too():
+    rng = np.random.default_rng(13)
+    for _ in range(40):
+        h, w = int(rng.integers(8, 700)), int(rng.integers(8, 700))
+        oh, ow = int(rng.integers(4, 900)), int(rng.integers(4, 900))
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        got = resize_bicubic(torch.from_numpy(a).cuda(), oh, ow)
+        assert got.is_cuda
+        assert np.array_equal(got.cpu().numpy(), _pillow(a, oh, ow)), (h, w, oh, ow)
