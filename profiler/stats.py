@@ -178,7 +178,7 @@ def overhead_report(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES,
         "e2e": summarize_ns([t.e2e_ns for t in timings], percentiles).to_json_obj(),
         "compute": summarize_ns([t.compute_ns for t in timings], percentiles).to_json_obj(),
         "overhead": summarize_ns([t.overhead_ns for t in timings], percentiles).to_json_obj(),
-        # The same without the gateway's media decoding (PNG/WAV decode, resize, tokenise).
+        # The same without preprocessing (the gateway's decoding and tokenising, the resize).
         "overhead_excl_preprocess": summarize_ns(
             [t.overhead_excl_preprocess_ns for t in timings], percentiles).to_json_obj(),
         "shm_handoff": summarize_ns(handoffs, percentiles).to_json_obj(),

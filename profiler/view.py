@@ -52,7 +52,7 @@ def overhead_lines(report: dict) -> str:
            f"mean {o['mean_ms']:.3f} ms"]
     x = report.get("overhead_excl_preprocess")
     if x is not None:
-        out.append(f"  without media decode p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms"
+        out.append(f"  without preprocessing p50 {x['p50_ms']:.3f} ms  p99 {x['p99_ms']:.3f} ms"
                    f"  mean {x['mean_ms']:.3f} ms")
     if h["count"]:
         out.append(f"  shm hand-off p50 {h['p50_ms'] * 1e3:.1f} us  p99 {h['p99_ms'] * 1e3:.1f} us"
