@@ -109,8 +109,8 @@ class ModelVisionStage:
         if mode not in ("auto", True, False):
             raise ValueError(f"params.resize_frames must be \"auto\", true or false, got {mode!r}")
         self.resizes_frames = self.device.type == "cuda" if mode == "auto" else mode
-        # On CUDA with torch (perception.vision.resize); on a CPU core Pillow is ~15x faster
-        # (30 ms against 474 for a 1080x2400 screenshot on the 2-core VM) and the reference.
+        # On CUDA with torch (perception.vision.resize); on a CPU core Pillow is ~9x faster
+        # (30 ms against ~280 for a 1080x2400 screenshot on the 2-core VM) and the reference.
         self.torch_resize = self.device.type == "cuda"
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
         self.put_timeout = float(ctx.params.get("put_timeout_s", 10.0))
