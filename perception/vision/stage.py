@@ -119,6 +119,9 @@ class ModelVisionStage:
             self._warm_up()
         if self.resizes_frames and self.torch_resize:
             self._check_device_resize()
+        if self.resizes_frames:
+            how = "on the GPU, equal to Pillow on its check" if self.torch_resize else "with Pillow"
+            ctx.log(f"resizes the frames the gateway sends at their own size ({how})")
 
     def _warm_up(self) -> None:
         """One blank frame through the tower before the stage reports ready: the first CUDA
