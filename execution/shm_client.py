@@ -459,13 +459,13 @@ class ShmPipelineClient:
     def frames_resized_downstream(self) -> bool:
         """Whether a ready stage resizes frames on its device (the vision stage on a GPU says
         so): the gateway may then send an image at its own size. Thread-safe."""
-        from runtime.compute import RESIZES_FRAMES
+        from runtime.compute import RESIZES_FRAMES, read_ready_detail
 
         if self._plane is None:
             return False
         self._take_states()
         return any(self._states.get(stage) in ("ready", "busy")
-                   and RESIZES_FRAMES in detail.split("; ")
+                   and RESIZES_FRAMES in read_ready_detail(detail)[1]
                    for stage, detail in list(self._details.items()))
 
     def _stages_down(self) -> str:

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from runtime.compute import read_ready_detail
 from runtime.lifecycle import State
 
 from .spec import LaunchSpec, StageSpec, format_cores
@@ -163,8 +164,7 @@ class Supervisor:
                 # keep-last-1: a stage that went ready -> busy at once may only show busy.
                 if st.state in (State.READY.value, State.BUSY.value) and not sp.ready_reported:
                     sp.ready_reported = True
-                    if st.detail.startswith("device "):
-                        sp.device = st.detail.removeprefix("device ").split(";")[0]
+                    sp.device = read_ready_detail(st.detail)[0] or sp.device
                     if sp.last_heartbeat is None:
                         sp.last_heartbeat = now
                     if self.on_ready:

@@ -50,6 +50,19 @@ COMPUTES = ("model", "minimal")
 RESIZES_FRAMES = "resizes frames"
 
 
+def ready_detail(device, notes=()) -> str:
+    """A ready (or busy) state's detail: "device cuda:0; resizes frames"."""
+    return "; ".join(([f"device {device}"] if device is not None else []) + list(notes))
+
+
+def read_ready_detail(detail: str) -> tuple[str | None, list[str]]:
+    """(device or None, notes) of a detail ready_detail() wrote."""
+    parts = detail.split("; ") if detail else []
+    if parts and parts[0].startswith("device "):
+        return parts[0].removeprefix("device "), parts[1:]
+    return None, parts
+
+
 def compute_kind(ctx) -> str:
     """`params.compute` of a stage: "model" (the real model) or "minimal" (the fixed random
     projections that stand in for it in plumbing tests). Absent = "minimal", so specs written

@@ -37,6 +37,7 @@ import traceback
 
 from shm.inflight import MAX_ID_BYTES, InFlightBoard
 
+from .compute import ready_detail
 from .lifecycle import Lifecycle, State
 
 ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
@@ -145,7 +146,7 @@ class StageRuntime:
         self._hb_seq = 0
         self._hb = None
         self._state_said = True   # False: a ready/busy change the heartbeat has yet to say
-        self._ready_detail = ""   # what `ready` says: the compute's device
+        self._ready_detail = ""   # what `ready` says: the compute's device and notes
 
     # --- startup ------------------------------------------------------------------------
     def run(self) -> int:
@@ -176,9 +177,8 @@ class StageRuntime:
             # Where the compute runs, as it found it (a stage asked for a GPU runs on the CPU
             # where there is none): the launcher's line for the stage says it. Then what the
             # compute says it does (ready_notes: the vision stage's "resizes frames").
-            device = getattr(self.compute, "device", None)
-            notes = [f"device {device}"] if device is not None else []
-            self._ready_detail = "; ".join(notes + list(getattr(self.compute, "ready_notes", ())))
+            self._ready_detail = ready_detail(getattr(self.compute, "device", None),
+                                              getattr(self.compute, "ready_notes", ()))
             self.lifecycle.to(State.READY)
             self.ctx.log(f"ready (pid {self.pid}, cores {self.cores})")
             self._loop()

@@ -29,3 +29,4 @@ def test_board_writer_pid_is_the_process_that_made_the_board(tmp_path):
             assert board_writer_pid("inspect-board", "decision", root=tmp_path) == os.getpid()
         finally:
             board.close(unlink=True)
+
