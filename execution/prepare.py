@@ -193,7 +193,6 @@ class RequestPreparer:
     # --- media ----------------------------------------------------------------------------
     def _image(self, part: ImagePart) -> PreparedImage:
         from perception.vision.processor import ImageInputError, decode_image, to_rgb
-        from PIL import Image
 
         if self.images is None:
             raise invalid("This deployment has no vision stage; images are not accepted.",
@@ -206,9 +205,10 @@ class RequestPreparer:
             raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_image") from None
         n_tokens = self.images.num_image_tokens(*rgb.size)
         own = self.frame_at_own_size
-        if (w, h) != rgb.size and not (own and own(rgb.size[0] * rgb.size[1] * 3)):
-            rgb = rgb.resize((w, h), resample=Image.Resampling.BICUBIC)
-        frame = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+        if (w, h) != rgb.size and own and own(rgb.size[0] * rgb.size[1] * 3):
+            frame = np.asarray(rgb, dtype=np.uint8)   # the vision stage resizes it
+        else:
+            frame = self.images.resize_to(rgb, h, w)
         patch = self.images.patch_size
         return PreparedImage(frame, (1, h // patch, w // patch), n_tokens)
 

@@ -208,10 +208,17 @@ class ImageProcessor:
         (perception.vision.device_patchify) ships these bytes instead of 8x more floats.
         """
         rgb = to_rgb(image)
-        height, width = self.resized_size(*rgb.size)
-        if (width, height) != rgb.size:
-            rgb = rgb.resize((width, height), resample=Image.Resampling.BICUBIC)
-        return np.array(rgb)  # writable, so torch.from_numpy can take it without a copy
+        return self.resize_to(rgb, *self.resized_size(*rgb.size))
+
+    @staticmethod
+    def resize_to(image: Image.Image | np.ndarray, height: int, width: int) -> np.ndarray:
+        """An RGB image (PIL, or uint8 [H, W, 3]) at (height, width), Pillow's bicubic:
+        uint8 [height, width, 3], writable, so torch.from_numpy takes it without a copy."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if (width, height) != image.size:
+            image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
+        return np.array(image)
 
     @property
     def normalisation_table(self) -> np.ndarray:

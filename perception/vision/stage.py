@@ -146,12 +146,11 @@ class ModelVisionStage:
         """The device's resize against Pillow's on a random image, once per pass order; on
         any difference or error the stage leaves resizing to the gateway, and says so."""
         import torch
-        from PIL import Image
 
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
         for h, w in ((84, 112), (28, 140)):   # horizontal pass first; vertical first
-            ref = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+            ref = self.processor.resize_to(image, h, w)
             try:
                 got = self.to_size(torch.from_numpy(image), h, w).cpu().numpy()
                 why = f"{int((ref != got).sum())} values differ from this Pillow's at {w}x{h}"
@@ -174,11 +173,7 @@ class ModelVisionStage:
             from perception.vision.resize import resize_bicubic
 
             return resize_bicubic(frame.to(self.device, non_blocking=True), height, width)
-        from PIL import Image
-
-        pil = Image.fromarray(frame.cpu().numpy()).resize((width, height),
-                                                         Image.Resampling.BICUBIC)
-        return torch.from_numpy(np.array(pil))
+        return torch.from_numpy(self.processor.resize_to(frame.cpu().numpy(), height, width))
 
     def embed(self, frame, loan=None):
         """uint8 [H, W, 3] frame at its smart_resize size -> (embeddings [n_tokens, hidden],

@@ -1,5 +1,6 @@
 """A stage's ready detail: written by the runtime, read by the launcher and the gateway."""
 
+
 def test_a_ready_detail_reads_back_as_written():
     from runtime.compute import RESIZES_FRAMES, read_ready_detail, ready_detail
 

@@ -55,8 +55,8 @@ def test_the_stage_brings_a_frame_to_its_grid_size_as_the_processor_does(with_to
     from perception.vision.stage import ModelVisionStage
 
     stage = ModelVisionStage.__new__(ModelVisionStage)
-    stage.device, stage.torch_resize = torch.device("cpu"), with_torch
     proc = ImageProcessor(max_pixels=28 * 28 * 400)
+    stage.device, stage.torch_resize, stage.processor = torch.device("cpu"), with_torch, proc
     rng = np.random.default_rng(5)
     for w, h in ((300, 590), (1080, 2400), (57, 33), (560, 280)):
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -80,6 +80,7 @@ def test_the_stage_stops_announcing_a_resize_that_fails_its_check(monkeypatch):
 
     stage = ModelVisionStage.__new__(ModelVisionStage)
     stage.device, stage.torch_resize, stage.ctx = torch.device("cpu"), True, Ctx()
+    stage.processor = ImageProcessor()
     stage.resizes_frames = True
     stage._check_device_resize()
     assert stage.resizes_frames and stage.ready_notes == ("resizes frames",)
