@@ -1,25 +1,59 @@
 #!/bin/bash
-# The serving figures of the GPU machine (benchmarks/results/serve-h100-*.json): launch the
-# full pipeline (embedded default model, model stages on CUDA) and run `bench serve` on text
-# and, unless NO_IMAGE is set, on images; results, logs and each run's spans (spans-text.jsonl,
-# spans-image.jsonl, for `autoglm profile --input`) go to $OUT. Run through the device
-# tool from the repository root, with the cp312 wheels the machine lacks in .whl/ (carried).
-# Triton's cache is cleared first, so kernels compiled while serving show (and are listed).
+# The serving figures of the GPU machine (benchmarks/results/serve-<gpu>-*.json, <gpu> = h100,
+# h200, ...): launch the full pipeline (embedded default model, model stages on CUDA) and run
+# `bench serve` on text and, unless NO_IMAGE is set, on screenshots; results, logs and each
+# run's spans (spans-text.jsonl, spans-image.jsonl, for `autoglm profile --input`) go to $OUT.
+# With RESIZE_AB set, the screenshot run is repeated on a pipeline whose gateway resizes frames
+# (vision params.resize_frames = false), then once more on the default one, for an A/B of where
+# the resize runs. Run through the device tool from the repository root, with the cp312 wheels
+# the machine lacks in .whl/ (carried). Triton's cache is cleared first, so kernels compiled
+# while serving show (and are listed).
 rm -rf ~/.triton/cache
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -o -i -E '[A-Z][0-9]{2,3}' | head -1 | tr A-Z a-z)
+GPU=${GPU:-gpu}
 cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null
-python3 -m launch.cli launch --instance g4 --port 18502 > $OUT/launch.log 2>&1 &
-LP=$!
-for i in $(seq 1 360); do curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:18502/health | grep -q 200 && break; sleep 0.5; done
-sleep 2
+PORT=18502
+
+launch() {   # launch SPEC LOG: start the pipeline and wait for /health
+    local t0=$SECONDS
+    python3 -m launch.cli launch "$1" --instance g4 --port $PORT > "$2" 2>&1 &
+    LP=$!
+    for i in $(seq 1 360); do curl -s -o /dev/null -w "%{http_code}" http://127.0.0.1:$PORT/health | grep -q 200 && break; sleep 0.5; done
+    echo "$1: healthy after $((SECONDS - t0)) s"
+    sleep 2
+}
+stop() { kill -INT $LP; wait $LP; }
+
+B="python3 -m launch.cli bench serve --base-url http://127.0.0.1:$PORT --instance g4"
+image() {    # image NAME: the screenshot run
+    $B --dataset random-image --num-prompts 20 --request-rate 0.5 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-$1.json --record $OUT/spans-$1.jsonl > $OUT/serve-$1.log 2>&1
+}
+
+launch launch/specs/default.toml $OUT/launch.log
 ls ~/.triton/cache | sort > /tmp/before.txt
-B="python3 -m launch.cli bench serve --base-url http://127.0.0.1:18502 --instance g4"
-$B --dataset random --num-prompts 40 --request-rate 2 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-h100-random.json --record $OUT/spans-text.jsonl > $OUT/serve-text.log 2>&1
-[ -n "$NO_IMAGE" ] || $B --dataset random-image --num-prompts 20 --request-rate 0.5 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-h100-random-image.json --record $OUT/spans-image.jsonl > $OUT/serve-image.log 2>&1
+$B --dataset random --num-prompts 40 --request-rate 2 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-random.json --record $OUT/spans-text.jsonl > $OUT/serve-text.log 2>&1
+[ -n "$NO_IMAGE" ] || image random-image
 ls ~/.triton/cache | sort > /tmp/after.txt
 echo "kernels compiled during serving:"; for d in $(comm -13 /tmp/before.txt /tmp/after.txt); do ls ~/.triton/cache/$d | grep -v json | head -2; done
-kill -INT $LP; wait $LP
-grep -E "overhead|hand-off|TTFT|TPOT" $OUT/serve-text.log $OUT/serve-image.log | head -30
-grep -E "latency|ready in|warmed" $OUT/launch.log | head
+stop
+
+if [ -n "$RESIZE_AB" ]; then
+    python3 - > /tmp/gateway-resize.toml <<'PY'
+s = open("launch/specs/default.toml").read()
+old = 'params = { compute = "model" }'
+at = s.index(old, s.index("[stages.vision]"))
+print(s[:at] + 'params = { compute = "model", resize_frames = false }' + s[at + len(old):], end="")
+PY
+    grep -A7 "stages.vision" /tmp/gateway-resize.toml | grep params
+    launch /tmp/gateway-resize.toml $OUT/launch-gateway-resize.log
+    image random-image-gateway-resize
+    stop
+    launch launch/specs/default.toml $OUT/launch-2.log
+    image random-image-2
+    stop
+fi
+grep -E "overhead|hand-off|TTFT|TPOT" $OUT/serve-*.log | head -60
+grep -E "latency|ready in|warmed|resize" $OUT/launch*.log | head -20

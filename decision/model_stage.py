@@ -14,7 +14,7 @@ Model compute, per request (`Request` on DDS):
    slot and handed to the engine (`provide_modality`): on the CPU it uses the slot in place
    and gives it back when the request ends (copied out earlier while the pool runs short);
    on CUDA the step that first needs the rows queues their copy to the device (the stage
-   page-locks its input pools at start, decision.host_pinning, so the copy is a DMA), and
+   page-locks its input pools at start, runtime.host_pinning, so the copy is a DMA), and
    the hand-off itself does no CUDA work;
 4. `engine.step()` runs while any request is schedulable; each step's tokens go into the
    `tokens` ring as TOKEN_RECORDs with one write (one doorbell ring), the last one carrying
@@ -110,7 +110,9 @@ class ModelDecisionStage:
         self.pinned = None
         if self.device.type == "cuda":
             self._warm_up()
-            self._pin_input_pools()
+            from runtime.host_pinning import pin_pools
+
+            self.pinned = pin_pools(ctx, ctx.stage.inputs)
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "tokens"
         self._writer = self.ctx.ring(self.out_channel).writer()
         self._stats_writer = (self.ctx.ring("engine_stats").writer(doorbell=False)
@@ -133,16 +135,6 @@ class ModelDecisionStage:
                 f"{self.engine.blocks.usable_blocks} blocks of {self.engine_config.block_size} "
                 f"tokens; max_model_len {self.engine.max_model_len}; overlapped decode "
                 f"{'on' if self.engine.overlap else 'off'}")
-
-    def _pin_input_pools(self) -> None:
-        from decision.host_pinning import PinnedPools
-
-        self.pinned = PinnedPools()
-        for name in self.ctx.stage.inputs:
-            if self.ctx.launch.channels[name].kind == "pool":
-                problem = self.pinned.pin(self.ctx.pool(name))
-                if problem:
-                    self.ctx.log(f"{problem}; its copies to the GPU wait for a staging buffer")
 
     # --- requests in ---------------------------------------------------------------------
     def on_request(self, req) -> None:

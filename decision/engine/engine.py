@@ -158,7 +158,7 @@ class LLMEngine:
         anyway (another dtype) or does not take them (error, finished request, duplicate),
         else when the request ends. Until then the view is used in place: on the CPU as it
         is; on a GPU the first step that needs the rows queues their copy to the device, with
-        its other inputs (a DMA when the view is page-locked, see decision.host_pinning), so
+        its other inputs (a DMA when the view is page-locked, see runtime.host_pinning), so
         this call does no CUDA work. `release_views` copies held views out early (a pool
         running short)."""
         try:

@@ -115,8 +115,14 @@ class ModelVisionStage:
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
         self.put_timeout = float(ctx.params.get("put_timeout_s", 10.0))
         ctx.log(f"vision tower from {self.model_dir} on {self.device} ({self.dtype})")
+        self.pinned = None
         if self.device.type == "cuda":
+            from runtime.host_pinning import pin_pools
+
             self._warm_up()
+            # Frames in and embeddings out are DMAs: a frame's slot goes back after the
+            # tower's output came back to the host, so after its own copy.
+            self.pinned = pin_pools(ctx, [*ctx.stage.inputs, *ctx.stage.outputs])
         if self.resizes_frames and self.torch_resize:
             self._check_device_resize()
         if self.resizes_frames:
@@ -141,6 +147,10 @@ class ModelVisionStage:
         from runtime.compute import RESIZES_FRAMES
 
         return (RESIZES_FRAMES,) if self.resizes_frames else ()
+
+    def close(self) -> None:
+        if self.pinned is not None:
+            self.pinned.unpin()
 
     def _check_device_resize(self) -> None:
         """The device's resize against Pillow's on a random image, once per pass order; on

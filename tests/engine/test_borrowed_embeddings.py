@@ -199,7 +199,7 @@ def test_a_page_locked_view_is_copied_to_the_gpu_by_the_step(checkpoint, pool):
     """On a GPU the hand-off does no CUDA work: the step that needs the rows queues their copy
     (a DMA from the page-locked pool), and the slot goes back only once that copy is done."""
     from decision.decoder import GlmDecoder
-    from decision.host_pinning import PinnedPools
+    from runtime.host_pinning import PinnedPools
 
     model_dir, _ = checkpoint
     dec = GlmDecoder.from_pretrained(model_dir, dtype=torch.float32, device="cuda")

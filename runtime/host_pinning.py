@@ -1,11 +1,13 @@
-"""Page-locked input pools for a decoder on the GPU.
+"""Page-locked shm pools for a stage on the GPU.
 
-The engine copies the embedding rows of an shm slot to the GPU in the step that first needs
-them. From ordinary (pageable) memory the driver stages such a copy through a bounce buffer and
-the step waits for it; with the pool's own pages locked (cudaHostRegister, once at start) it is
-a DMA queued on the stream with the step's other work, and the slot is not given back before
-it is done (decision.engine.request). The prompts pool is an input too and is locked along (8 MiB; its ids
-never go to the GPU, but telling the pools apart would cost more code than the pages).
+A copy between an shm slot and the GPU from ordinary (pageable) memory goes through a driver
+bounce buffer, and the stage waits for it; with the pool's own pages locked (cudaHostRegister,
+once at start) it is a DMA. The decision stage locks its input pools: the engine copies a
+request's embedding rows in the step that first needs them, queued with the step's other work,
+and the slot is not given back before that copy is done (decision.engine.request); the prompts
+pool is locked along (8 MiB; its ids never go to the GPU, but telling the pools apart would
+cost more code than the pages). The vision stage locks its frames (copied in) and embeddings
+(copied out) pools. Each process locks its own mapping of the pages.
 """
 from __future__ import annotations
 
@@ -51,3 +53,15 @@ class PinnedPools:
         for address in self._addresses:
             torch.cuda.cudart().cudaHostUnregister(address)
         self._addresses.clear()
+
+
+def pin_pools(ctx, names) -> PinnedPools:
+    """Page-lock the stage's pools among `names` (channels of kind "pool"); a pool that cannot
+    be locked is said in the stage's log, and its copies stay staged ones."""
+    pinned = PinnedPools()
+    for name in names:
+        if ctx.launch.channels[name].kind == "pool":
+            problem = pinned.pin(ctx.pool(name))
+            if problem:
+                ctx.log(f"{problem}; its copies to and from the GPU wait for a staging buffer")
+    return pinned
