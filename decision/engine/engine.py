@@ -35,7 +35,7 @@ class EngineConfig:
     # None: the model's max_position_embeddings.
     max_model_len: int | None = None
     # KV cache budget: num_blocks, else kv_cache_bytes, else (CUDA only) free memory less
-    # (1 - gpu_memory_utilization) of the total.
+    # (1 - gpu_memory_utilization) of the total, at most max_num_seqs sequences of max_model_len.
     gpu_memory_utilization: float = 0.9
     kv_cache_bytes: int | None = None
     num_blocks: int | None = None
@@ -79,7 +79,8 @@ class LLMEngine:
             num_layers=text.num_hidden_layers, block_size=cfg.block_size,
             kv_heads=text.num_key_value_heads, head_dim=text.head_dim, dtype=self.dtype,
             device=self.device, gpu_memory_utilization=cfg.gpu_memory_utilization,
-            kv_cache_bytes=cfg.kv_cache_bytes, num_blocks=cfg.num_blocks)
+            kv_cache_bytes=cfg.kv_cache_bytes, num_blocks=cfg.num_blocks,
+            max_useful_blocks=cfg.max_num_seqs * -(-self.max_model_len // cfg.block_size))
         self.cache = PagedKVCache(num_layers=text.num_hidden_layers, num_blocks=num_blocks,
                                   block_size=cfg.block_size, kv_heads=text.num_key_value_heads,
                                   head_dim=text.head_dim, dtype=self.dtype, device=self.device)

@@ -32,11 +32,14 @@ def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: i
 
 def plan_num_blocks(*, num_layers: int, block_size: int, kv_heads: int, head_dim: int,
                     dtype: torch.dtype, device: torch.device, gpu_memory_utilization: float = 0.9,
-                    kv_cache_bytes: int | None = None, num_blocks: int | None = None) -> int:
+                    kv_cache_bytes: int | None = None, num_blocks: int | None = None,
+                    max_useful_blocks: int | None = None) -> int:
     """How many blocks the budget allows.
 
     Explicit `num_blocks` wins, then `kv_cache_bytes`; on CUDA the default budget is the free
-    memory less the share (1 - utilisation) of the total kept back for activations and graphs.
+    memory less the share (1 - utilisation) of the total kept back for activations and graphs,
+    and at most `max_useful_blocks` (every sequence the engine may run at its longest): a
+    small model takes what it can use, not the GPU, which other pipelines may share.
     On the CPU a size must be configured, since host memory is shared with everything else.
     """
     per_block = bytes_per_block(num_layers, block_size, kv_heads, head_dim, dtype)
@@ -45,8 +48,19 @@ def plan_num_blocks(*, num_layers: int, block_size: int, kv_heads: int, head_dim
             if device.type != "cuda":
                 raise CacheTooSmall("on the CPU give the KV cache size (kv_cache_bytes or num_blocks)")
             free, total = torch.cuda.mem_get_info(device)
-            kv_cache_bytes = int(free - (1.0 - gpu_memory_utilization) * total)
-        num_blocks = kv_cache_bytes // per_block
+            reserve = (1.0 - gpu_memory_utilization) * total
+            num_blocks = int(free - reserve) // per_block
+            if num_blocks < 2:
+                raise CacheTooSmall(
+                    f"no room for a KV cache: {device} has {free / 2**30:.1f} GiB free of "
+                    f"{total / 2**30:.1f} GiB and gpu_memory_utilization "
+                    f"{gpu_memory_utilization:g} keeps {reserve / 2**30:.1f} GiB back (does "
+                    f"another process hold GPU memory?); give the KV cache a size "
+                    f"(the decision stage's params.kv_cache_mb) or raise gpu_memory_utilization")
+            if max_useful_blocks is not None:
+                num_blocks = min(num_blocks, max_useful_blocks)
+        else:
+            num_blocks = kv_cache_bytes // per_block
     if num_blocks < 2:
         raise CacheTooSmall(
             f"KV cache budget holds {num_blocks} blocks of {per_block} bytes; at least 2 are "
