@@ -2,7 +2,8 @@
 # The serving figures of the GPU machine (benchmarks/results/serve-<gpu>-*.json, <gpu> = h100,
 # h200, ...): launch the full pipeline (embedded default model, model stages on CUDA) and run
 # `bench serve` on text and, unless NO_IMAGE is set, on screenshots; results, logs and each
-# run's spans (spans-text.jsonl, spans-image.jsonl, for `autoglm profile --input`) go to $OUT.
+# run's spans (spans-*.jsonl, for `autoglm profile --input`) go to $OUT, the logs and spans
+# packed in serve-logs.tar.gz (the device tool brings back only a few files).
 # With RESIZE_AB set, the screenshot run is repeated on a pipeline whose gateway resizes frames
 # (vision params.resize_frames = false), then once more on the default one, for an A/B of where
 # the resize runs. Run through the device tool from the repository root, with the cp312 wheels
@@ -34,7 +35,7 @@ image() {    # image NAME: the screenshot run
 
 launch launch/specs/default.toml $OUT/launch.log
 ls ~/.triton/cache | sort > /tmp/before.txt
-$B --dataset random --num-prompts 40 --request-rate 2 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-random.json --record $OUT/spans-text.jsonl > $OUT/serve-text.log 2>&1
+$B --dataset random --num-prompts 40 --request-rate 2 --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-random.json --record $OUT/spans-random.jsonl > $OUT/serve-text.log 2>&1
 [ -n "$NO_IMAGE" ] || image random-image
 ls ~/.triton/cache | sort > /tmp/after.txt
 echo "kernels compiled during serving:"; for d in $(comm -13 /tmp/before.txt /tmp/after.txt); do ls ~/.triton/cache/$d | grep -v json | head -2; done
@@ -57,3 +58,4 @@ PY
 fi
 grep -E "overhead|hand-off|TTFT|TPOT" $OUT/serve-*.log | head -60
 grep -E "latency|ready in|warmed|resize" $OUT/launch*.log | head -20
+(cd $OUT && tar czf serve-logs.tar.gz *.log spans-*.jsonl && rm -f *.log spans-*.jsonl)
