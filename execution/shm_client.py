@@ -363,11 +363,16 @@ class ShmPipelineClient:
             if q is not None:
                 q.put_nowait(recs)
             return
-        keys = recs["request_key"]
-        for k in np.unique(keys):
-            q = self._queues.get(int(k))
+        # Grouped in Python, not with np.unique: its first call imports numpy.ma (~60 ms on
+        # the H200 host), which stalled every stream the first time two requests shared a
+        # step's batch.
+        rows: dict[int, list[int]] = {}
+        for i, k in enumerate(recs["request_key"].tolist()):
+            rows.setdefault(k, []).append(i)
+        for k, idx in rows.items():
+            q = self._queues.get(k)
             if q is not None:
-                q.put_nowait(recs[keys == k])
+                q.put_nowait(recs if len(idx) == len(recs) else recs[idx])
 
     async def _pump_events(self) -> None:
         async for ev in self._events:

@@ -200,3 +200,35 @@ def test_images_go_at_their_own_size_only_while_a_ready_stage_resizes_frames(pip
             await client.close()
 
     asyncio.run(main())
+
+
+ROUTING_FIRST_CALL = r"""
+import asyncio, sys
+from types import SimpleNamespace
+import numpy as np
+from execution.shm_client import ShmPipelineClient
+from runtime.records import TOKEN_RECORD
+
+client = ShmPipelineClient("routing-check")
+client._queues = {7: asyncio.Queue(), 9: asyncio.Queue()}
+recs = np.zeros(5, dtype=TOKEN_RECORD)
+recs["request_key"] = [7, 9, 7, 3, 9]      # 3: a request this gateway does not know
+recs["token_id"] = [10, 20, 11, 99, 21]
+before = set(sys.modules)
+client._route_tokens(SimpleNamespace(records=recs, lost=0))
+client._route_tokens(SimpleNamespace(records=recs[:1], lost=0))
+print(sorted(set(sys.modules) - before), "numpy.ma" in before)
+for key in (7, 9):
+    q = client._queues[key]
+    print(key, [r["token_id"].tolist() for r in (q.get_nowait() for _ in range(q.qsize()))])
+"""
+
+
+def test_a_shared_batch_goes_to_each_request_in_order_and_imports_nothing_on_the_way():
+    # The first batch shared by two requests used to import numpy.ma (through np.unique):
+    # ~60 ms during which no stream moved, on the H200 host.
+    out = subprocess.run([sys.executable, "-c", ROUTING_FIRST_CALL], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == "[] False"   # no module imported; numpy.ma was not loaded before either
+    assert out[1] == "7 [[10, 11], [10]]"
+    assert out[2] == "9 [[20, 21]]"
