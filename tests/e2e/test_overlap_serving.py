@@ -5,6 +5,7 @@ the in-process model's."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import re
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_an_image_resized_by_the_vision_stage_equals_the_in_process_model(overla
     assert RESIZES_FRAMES in json.loads(info.stdout)["detail"]
     # The launcher's line still names just the device.
     line = next(ln for ln in overlap_pipeline.output().splitlines() if "] vision " in ln and " pid " in ln)
-    assert "device cpu  ready in" in line, line
+    assert re.search(r"device (cpu|cuda(:\d+)?)  ready in", line), line
     client = openai.OpenAI(base_url=overlap_pipeline.url + "/v1", api_key="EMPTY", timeout=120)
     url = png_data_url(300, 590, seed=4)     # resized to 308x588: by the vision stage here
     r = client.chat.completions.create(model=MODEL, messages=[image_message(url, "Open it")],
