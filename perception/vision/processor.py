@@ -119,6 +119,11 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
         return Image.fromarray(_array_to_rgb(image))
     if not isinstance(image, Image.Image):
         raise ImageInputError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        # Opaque: compositing onto white changes nothing. Android's screencap writes RGBA
+        # with every alpha at 255; dropping alpha here is 5 ms of a 1080x2400 screenshot
+        # against 22 ms for the composite (2-core VM).
+        return image.convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -137,6 +142,8 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     if array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
     if array.shape[2] == 4:
+        if array[..., 3].min() == 255:     # opaque: nothing to composite
+            return np.ascontiguousarray(array[..., :3])
         alpha = array[..., 3:4] / 255
         return np.round(alpha * array[..., :3] + (1 - alpha) * 255).astype(np.uint8)
     return np.ascontiguousarray(array)

@@ -16,6 +16,7 @@ from perception.vision.processor import (
     ImageInputError,
     ImageProcessor,
     decode_image,
+    to_rgb,
 )
 
 AUTOGLM_MAX_PIXELS = 5_000_000
@@ -27,6 +28,15 @@ def noise(w, h, mode="RGB", seed=0):
     channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
     shape = (h, w) if channels is None else (h, w, channels)
     return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+def opaque(w, h, seed=0, translucent_pixel=False):
+    """RGBA with every alpha at 255, as Android's screencap writes; optionally one pixel not."""
+    rgba = np.asarray(noise(w, h, "RGBA", seed=seed)).copy()
+    rgba[..., 3] = 255
+    if translucent_pixel:
+        rgba[h // 2, w // 3, 3] = 254
+    return Image.fromarray(rgba, mode="RGBA")
 
 
 def gradient(w, h):
@@ -52,6 +62,8 @@ CASES = [
     ("gradient wide 1500x90", lambda: gradient(1500, 90), None),
     ("noise small, upscaled to min_pixels 40x30", lambda: noise(40, 30, seed=2), None),
     ("rgba with transparency", lambda: noise(120, 96, "RGBA", seed=3), None),
+    ("rgba opaque", lambda: opaque(130, 90, seed=9), None),
+    ("rgba opaque but one pixel", lambda: opaque(130, 90, seed=9, translucent_pixel=True), None),
     ("grayscale", lambda: noise(200, 150, "L", seed=4), None),
     ("large, scaled down 3000x2000", lambda: gradient(3000, 2000), 1_000_000),
 ]
@@ -94,6 +106,18 @@ def test_numpy_input_equals_pil_input():
     gray = np.asarray(noise(90, 60, "L", seed=7))
     np.testing.assert_array_equal(proc.preprocess(gray).pixel_values,
                                   reference(Image.fromarray(gray))[0])
+
+
+@pytest.mark.parametrize("translucent_pixel", [False, True])
+def test_opaque_rgba_equals_compositing_onto_white(translucent_pixel):
+    """The opaque shortcut gives what compositing gives, from PIL and from numpy input."""
+    image = opaque(77, 55, seed=10, translucent_pixel=translucent_pixel)
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    want = np.asarray(Image.alpha_composite(white, image).convert("RGB"))
+    got = to_rgb(image)
+    assert got.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(got), want)
+    np.testing.assert_array_equal(np.asarray(to_rgb(np.asarray(image))), want)
 
 
 def test_token_count_matches_transformers_smart_resize():
