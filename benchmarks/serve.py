@@ -171,7 +171,10 @@ _WORDS = ("the screen shows a settings page with wifi bluetooth display sound ba
 
 def synthetic_screen_png(width: int, height: int, seed: int) -> bytes:
     """A phone-screen-like PNG: status bar, app bar, list rows, buttons. Flat colours, so it
-    encodes quickly and compresses like real UI screenshots do (not like noise)."""
+    compresses like real UI screenshots do (not like noise). Encoded as Open-AutoGLM's client
+    sends a screenshot: the RGBA image Android's screencap writes (every alpha 255), saved
+    again with Pillow's defaults (zlib level 6, filtered rows), which decodes 2-3x slower
+    than the level-1 RGB file this wrote before (results up to 2026-12-05)."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -191,8 +194,9 @@ def synthetic_screen_png(width: int, height: int, seed: int) -> bytes:
         y += h + unit // 2
         d.line([0, y - unit // 4, width, y - unit // 4], fill=(220, 220, 220), width=max(1, unit // 20))
     d.rectangle([0, height - 2 * unit, width, height], fill=(240, 240, 240))
+    img.putalpha(255)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -93,8 +93,9 @@ def test_synthetic_media_are_valid():
 
     from PIL import Image
 
-    png = serve.synthetic_screen_png(1080, 2400, 0)
-    assert Image.open(io.BytesIO(png)).size == (1080, 2400)
+    png = Image.open(io.BytesIO(serve.synthetic_screen_png(1080, 2400, 0)))
+    assert (png.size, png.mode) == ((1080, 2400), "RGBA")          # as screencap writes it
+    assert png.getchannel("A").getextrema() == (255, 255)
     with wave.open(io.BytesIO(serve.synthetic_wav(1.5, 0))) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, 24000)
 
