@@ -199,23 +199,23 @@ class RequestPreparer:
 
     # --- media ----------------------------------------------------------------------------
     def _image(self, part: ImagePart) -> PreparedImage:
-        from perception.vision.processor import ImageInputError, decode_image, to_rgb
+        from perception.vision.processor import ImageInputError, decode_image, rgb_array, to_rgb
 
         if self.images is None:
             raise invalid("This deployment has no vision stage; images are not accepted.",
                           param=part.param)
         data = load_url_bytes(part.url, part.param, self.config.allowed_media_dir)
         try:
-            rgb = to_rgb(decode_image(data))
-            h, w = self.images.resized_size(*rgb.size)
+            image = decode_image(data)
+            h, w = self.images.resized_size(*image.size)
         except ImageInputError as exc:
             raise invalid(f"{part.param}: {exc}", param=part.param, code="invalid_image") from None
-        n_tokens = self.images.num_image_tokens(*rgb.size)
+        n_tokens = self.images.num_image_tokens(*image.size)
         own = self.frame_at_own_size
-        if (w, h) != rgb.size and own and own(rgb.size[0] * rgb.size[1] * 3):
-            frame = np.asarray(rgb, dtype=np.uint8)   # the vision stage resizes it
+        if (w, h) != image.size and own and own(image.size[0] * image.size[1] * 3):
+            frame = rgb_array(image)   # the vision stage resizes it
         else:
-            frame = self.images.resize_to(rgb, h, w)
+            frame = self.images.resize_to(to_rgb(image), h, w)
         patch = self.images.patch_size
         return PreparedImage(frame, (1, h // patch, w // patch), n_tokens)
 

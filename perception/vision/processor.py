@@ -119,16 +119,29 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
         return Image.fromarray(_array_to_rgb(image))
     if not isinstance(image, Image.Image):
         raise ImageInputError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
-    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
-        # Opaque: compositing onto white changes nothing. Android's screencap writes RGBA
-        # with every alpha at 255; dropping alpha here is 5 ms of a 1080x2400 screenshot
-        # against 22 ms for the composite (2-core VM).
+    if _opaque_rgba(image):
+        # Compositing onto white changes nothing. Android's screencap writes RGBA with every
+        # alpha at 255; dropping alpha is 5 ms of a 1080x2400 screenshot against 22 ms for
+        # the composite (2-core VM).
         return image.convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """to_rgb(image) as a uint8 (H, W, 3) array. An opaque RGBA image is packed straight to
+    RGB, one pass instead of a conversion and a copy (4 against 8 ms for a screenshot)."""
+    if _opaque_rgba(image):
+        return np.frombuffer(image.tobytes("raw", "RGB"), dtype=np.uint8).reshape(
+            image.height, image.width, 3)
+    return np.asarray(to_rgb(image), dtype=np.uint8)
+
+
+def _opaque_rgba(image: Image.Image) -> bool:
+    return image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255)
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

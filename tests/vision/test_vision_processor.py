@@ -16,6 +16,7 @@ from perception.vision.processor import (
     ImageInputError,
     ImageProcessor,
     decode_image,
+    rgb_array,
     to_rgb,
 )
 
@@ -118,6 +119,18 @@ def test_opaque_rgba_equals_compositing_onto_white(translucent_pixel):
     assert got.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(got), want)
     np.testing.assert_array_equal(np.asarray(to_rgb(np.asarray(image))), want)
+    array = rgb_array(image)       # what the gateway sends the vision stage
+    assert (array.dtype, array.shape) == (np.uint8, (55, 77, 3))
+    np.testing.assert_array_equal(array, want)
+
+
+@pytest.mark.parametrize("make", [lambda: noise(31, 17), lambda: noise(31, 17, "L"),
+                                  lambda: noise(31, 17, "RGBA"),
+                                  lambda: noise(31, 17, "RGB").convert("P")],
+                         ids=["rgb", "grayscale", "rgba", "palette"])
+def test_rgb_array_is_to_rgb_as_an_array(make):
+    image = make()
+    np.testing.assert_array_equal(rgb_array(image), np.asarray(to_rgb(image)))
 
 
 def test_token_count_matches_transformers_smart_resize():
