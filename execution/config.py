@@ -27,6 +27,9 @@ class GatewayConfig:
     response_cache_size: int = 0  # 0: off
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model_root: str = ""  # shown as "root" in /v1/models
+    # Cores for image and audio decoding threads (execution.media_workers); empty: Starlette's
+    # threads, on the gateway's own core.
+    media_cores: tuple[int, ...] = ()
 
     @property
     def served_name(self) -> str:

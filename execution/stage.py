@@ -19,6 +19,7 @@ from pathlib import Path
 
 from runtime.compute import request_key
 from runtime.records import FLAG_ERROR, FLAG_LAST
+from runtime.spec import format_cores, parse_cores
 
 EARLY_KEEP_S = 10.0
 
@@ -105,6 +106,7 @@ class HttpGatewayStage:
             served_model_names=tuple(names), api_key=p.get("api_key") or None,
             max_images=int(p.get("max_images", 10)),
             response_cache_size=int(p.get("response_cache_size", 0)), model_root=model_dir,
+            media_cores=self._media_cores(ctx, p.get("media_cores", "auto")),
             prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir),
                                   content_format=str(p.get("content_format", "openai")),
                                   allowed_media_dir=Path(media) if media else None))
@@ -130,6 +132,29 @@ class HttpGatewayStage:
         self.address = f"http://{bound[0]}:{bound[1]}"
         ctx.log(f"OpenAI API at {self.address}/v1 (model {names[0]!r}, files from {model_dir}"
                 f"{', audio ' + audio_mode if audio_mode else ''})")
+        cores = config.media_cores
+        ctx.log(f"images and audio decoded on cores {format_cores(cores)} ({len(cores)} threads)"
+                if cores else "images and audio decoded on the gateway's own core")
+
+    @staticmethod
+    def _media_cores(ctx, value) -> tuple[int, ...]:
+        """params.media_cores: "auto" (the cores no stage is pinned to), "none", or cores
+        ("2-7" or a list)."""
+        if value == "auto":
+            return tuple(ctx.spare_cores)
+        if value in ("none", None, []):
+            return ()
+        try:
+            cores = parse_cores(value) if isinstance(value, str) else sorted({int(c) for c in value})
+        except (TypeError, ValueError):
+            raise RuntimeError(f"params.media_cores = {value!r}: give \"auto\", \"none\", a "
+                               f"list of cores or a string like \"2-7\"") from None
+        machine = range(os.cpu_count() or 1)   # this process is pinned: not its own mask
+        missing = set(cores) - set(machine)
+        if missing:
+            raise RuntimeError(f"params.media_cores: core(s) {format_cores(missing)} do not "
+                               f"exist here (this machine has cores {format_cores(machine)})")
+        return tuple(cores)
 
     @staticmethod
     def _max_model_len(ctx, model_dir) -> int:

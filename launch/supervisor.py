@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from runtime.compute import read_ready_detail
 from runtime.lifecycle import State
 
-from .spec import LaunchSpec, StageSpec, format_cores
+from .spec import LaunchSpec, StageSpec, format_cores, spare_cores
 
 MAX_BACKOFF_S = 10.0
 # A stage gets this long to send its first heartbeat (imports, DDS discovery, model load).
@@ -72,6 +72,8 @@ class Supervisor:
         self.spec = spec
         self.spec_path = os.path.abspath(spec_path)
         self.python = python
+        # Given to every stage; the gateway runs its image and audio decoding there.
+        self.spare_cores = spare_cores(spec, sorted(os.sched_getaffinity(0)))
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stages = {name: StageProcess(st) for name, st in spec.stages.items()}
         self.plane = None
@@ -95,9 +97,10 @@ class Supervisor:
 
     # --- processes ----------------------------------------------------------------------
     def command(self, sp: StageProcess) -> list[str]:
+        spare = ["--spare-cores", ",".join(map(str, self.spare_cores))] if self.spare_cores else []
         return [self.python, "-m", "runtime.run_stage", "--instance", self.instance,
                 "--stage", sp.name, "--spec", self.spec_path,
-                "--cores", ",".join(map(str, sp.spec.cores)),
+                "--cores", ",".join(map(str, sp.spec.cores)), *spare,
                 "--parent-pid", str(os.getpid()), "--restarts", str(sp.restarts)]
 
     def start(self, sp: StageProcess) -> None:

@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage", required=True)
     ap.add_argument("--spec", required=True, help="launch spec file (TOML)")
     ap.add_argument("--cores", help="cores to pin to, e.g. 0,1 (default: the spec's)")
+    ap.add_argument("--spare-cores", help="cores no stage is pinned to, for worker threads "
+                    "(the gateway's image decoding), e.g. 4-15 (default: none)")
     ap.add_argument("--parent-pid", type=int, help="die when this process is no longer the parent")
     ap.add_argument("--restarts", type=int, default=0, help="how many times it was restarted")
     args = ap.parse_args(argv)
@@ -27,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
         spec.stage(args.stage)
         cores = parse_cores(args.cores) if args.cores else None
+        spare = parse_cores(args.spare_cores) if args.spare_cores else []
     except (SpecError, ValueError) as e:
         print(f"run_stage: {e}", file=sys.stderr)
         return 2
-    return StageRuntime(args.instance, args.stage, spec, cores=cores, restarts=args.restarts,
-                        parent_pid=args.parent_pid).run()
+    return StageRuntime(args.instance, args.stage, spec, cores=cores, spare_cores=spare,
+                        restarts=args.restarts, parent_pid=args.parent_pid).run()
 
 
 if __name__ == "__main__":

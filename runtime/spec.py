@@ -325,6 +325,13 @@ def resolve_cores(spec: LaunchSpec, machine: list[int]) -> LaunchSpec:
     return _replace(spec, stages=resolved)
 
 
+def spare_cores(spec: LaunchSpec, machine: list[int]) -> list[int]:
+    """The machine's cores that no stage is pinned to: room for a stage's worker threads (the
+    gateway decodes images there), off the cores where the stages' own loops run."""
+    used = {c for st in spec.stages.values() for c in st.cores}
+    return [c for c in machine if c not in used]
+
+
 def _replace(obj, **kw):
     from dataclasses import replace
     return replace(obj, **kw)

@@ -61,6 +61,7 @@ class StageContext:
         self.params = dict(rt.stage_spec.params)
         self.http = (rt.spec.http_host, rt.spec.http_port)
         self.model_dir = rt.spec.model_dir
+        self.spare_cores = rt.spare_cores     # cores no stage is pinned to (may be empty)
         self.config: dict = {}                # dynamic settings received so far
         self._pools: dict = {}
         self._rings: dict = {}
@@ -123,13 +124,14 @@ class StageContext:
 
 
 class StageRuntime:
-    def __init__(self, instance: str, name: str, spec, *, cores=None, restarts: int = 0,
-                 parent_pid: int | None = None):
+    def __init__(self, instance: str, name: str, spec, *, cores=None, spare_cores=(),
+                 restarts: int = 0, parent_pid: int | None = None):
         self.instance = instance
         self.name = name
         self.spec = spec
         self.stage_spec = spec.stage(name)
         self.cores = list(cores) if cores is not None else list(self.stage_spec.cores)
+        self.spare_cores = list(spare_cores)   # no stage's: for worker threads (the launcher's)
         self.restarts = restarts
         self.parent_pid = parent_pid
         self.pid = os.getpid()

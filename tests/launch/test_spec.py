@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from launch.spec import DEFAULT_SPEC, SpecError, format_cores, load_spec, parse_cores, parse_spec
+from launch.spec import (DEFAULT_SPEC, SpecError, format_cores, load_spec, parse_cores, parse_spec,
+                         spare_cores)
 
 from launch_testkit import STAGES, cli, instance_processes, spec_text, unique_instance
 from runtime.records import TOKEN_RECORD
@@ -39,6 +40,21 @@ def test_auto_gives_distinct_cores_when_there_are_enough():
     cores = [spec.stages[n].cores for n in spec.stages]
     assert len({c for cs in cores for c in cs}) == 4
     assert all(not st.shares_cores_with for st in spec.stages.values())
+
+
+def test_spare_cores_are_those_no_stage_is_pinned_to_and_reach_every_stage(tmp_path):
+    from launch.supervisor import Supervisor
+
+    assert spare_cores(load_spec(DEFAULT_SPEC, machine_cores=[0, 1]), [0, 1]) == []
+    spec = load_spec(DEFAULT_SPEC, machine_cores=list(range(8)))
+    assert spare_cores(spec, list(range(8))) == [4, 5, 6, 7]
+    # The supervisor computes them from its own mask and passes them on the command line.
+    sup = Supervisor("spare-test", spec, str(DEFAULT_SPEC))
+    sup.spare_cores = [4, 5, 6, 7]
+    cmd = sup.command(sup.stages["gateway"])
+    assert cmd[cmd.index("--spare-cores") + 1] == "4,5,6,7"
+    sup.spare_cores = []
+    assert "--spare-cores" not in sup.command(sup.stages["gateway"])
 
 
 def test_explicit_cores_count_before_auto(tmp_path):
