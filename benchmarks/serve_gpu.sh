@@ -6,7 +6,9 @@
 # packed in serve-logs.tar.gz (the device tool brings back only a few files).
 # With RESIZE_AB set, the screenshot run is repeated on a pipeline whose gateway resizes frames
 # (vision params.resize_frames = false), then once more on the default one, for an A/B of where
-# the resize runs. Run through the device tool from the repository root, with the cp312 wheels
+# the resize runs. With MEDIA_AB set, four clients send screenshots at once, to a pipeline whose
+# gateway decodes them on its own core and to the default one (decoding on the spare cores).
+# Run through the device tool from the repository root, with the cp312 wheels
 # the machine lacks in .whl/ (carried). Triton's cache is cleared first, so kernels compiled
 # while serving show (and are listed).
 rm -rf ~/.triton/cache
@@ -55,6 +57,26 @@ PY
     launch launch/specs/default.toml $OUT/launch-2.log
     image random-image-2
     stop
+fi
+if [ -n "$MEDIA_AB" ]; then
+    # Four phones at once: screenshots decoded on the gateway's own core (media_cores none),
+    # then on the cores no stage is pinned to (the default).
+    python3 - > /tmp/media-none.toml <<'PY'
+s = open("launch/specs/default.toml").read()
+old = 'params = { compute = "model" }'
+at = s.index(old, s.index("[stages.gateway]"))
+print(s[:at] + 'params = { compute = "model", media_cores = "none" }' + s[at + len(old):], end="")
+PY
+    concurrent() {
+        $B --dataset random-image --num-prompts 32 --max-concurrency 4 --request-rate inf --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-$1.json --record $OUT/spans-$1.jsonl > $OUT/serve-$1.log 2>&1
+    }
+    launch /tmp/media-none.toml $OUT/launch-media-none.log
+    concurrent random-image-c4-gateway-core
+    stop
+    launch launch/specs/default.toml $OUT/launch-media.log
+    concurrent random-image-c4
+    stop
+    grep -h "decoded on" $OUT/launch-media*.log
 fi
 grep -E "overhead|hand-off|TTFT|TPOT" $OUT/serve-*.log | head -60
 grep -E "latency|ready in|warmed|resize" $OUT/launch*.log | head -20
