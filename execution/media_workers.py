@@ -20,6 +20,15 @@ class MediaWorkers:
         self.cores = sorted(set(int(c) for c in cores))
         if not self.cores:
             raise ValueError("MediaWorkers needs at least one core")
+        # Said now, not by every request's first thread: cores this process may not use.
+        own = os.sched_getaffinity(0)
+        try:
+            os.sched_setaffinity(0, self.cores)
+        except OSError as exc:
+            raise ValueError(f"media cores {self.cores} cannot be used here: {exc.strerror}") \
+                from None
+        finally:
+            os.sched_setaffinity(0, own)
         # sched_setaffinity(0, ...) in a thread pins that thread only (Linux).
         self._pool = ThreadPoolExecutor(max_workers=len(self.cores), thread_name_prefix="media",
                                         initializer=os.sched_setaffinity,

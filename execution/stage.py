@@ -145,16 +145,11 @@ class HttpGatewayStage:
         if value in ("none", None, []):
             return ()
         try:
-            cores = parse_cores(value) if isinstance(value, str) else sorted({int(c) for c in value})
+            return tuple(parse_cores(value) if isinstance(value, str)
+                         else sorted({int(c) for c in value}))
         except (TypeError, ValueError):
             raise RuntimeError(f"params.media_cores = {value!r}: give \"auto\", \"none\", a "
                                f"list of cores or a string like \"2-7\"") from None
-        machine = range(os.cpu_count() or 1)   # this process is pinned: not its own mask
-        missing = set(cores) - set(machine)
-        if missing:
-            raise RuntimeError(f"params.media_cores: core(s) {format_cores(missing)} do not "
-                               f"exist here (this machine has cores {format_cores(machine)})")
-        return tuple(cores)
 
     @staticmethod
     def _max_model_len(ctx, model_dir) -> int:
