@@ -29,6 +29,16 @@ launch() {   # launch SPEC LOG: start the pipeline and wait for /health
     sleep 2
 }
 stop() { kill -INT $LP; wait $LP; }
+with_param() {   # with_param STAGE 'KEY = VALUE': the default spec, one param added to STAGE's
+    python3 - "$1" "$2" <<'PY'
+import sys
+stage, extra = sys.argv[1:]
+s = open("launch/specs/default.toml").read()
+old = 'params = { compute = "model" }'
+at = s.index(old, s.index(f"[stages.{stage}]"))
+print(s[:at] + 'params = { compute = "model", ' + extra + ' }' + s[at + len(old):], end="")
+PY
+}
 
 B="python3 -m launch.cli bench serve --base-url http://127.0.0.1:$PORT --instance g4"
 image() {    # image NAME: the screenshot run
@@ -44,12 +54,7 @@ echo "kernels compiled during serving:"; for d in $(comm -13 /tmp/before.txt /tm
 stop
 
 if [ -n "$RESIZE_AB" ]; then
-    python3 - > /tmp/gateway-resize.toml <<'PY'
-s = open("launch/specs/default.toml").read()
-old = 'params = { compute = "model" }'
-at = s.index(old, s.index("[stages.vision]"))
-print(s[:at] + 'params = { compute = "model", resize_frames = false }' + s[at + len(old):], end="")
-PY
+    with_param vision "resize_frames = false" > /tmp/gateway-resize.toml
     grep -A7 "stages.vision" /tmp/gateway-resize.toml | grep params
     launch /tmp/gateway-resize.toml $OUT/launch-gateway-resize.log
     image random-image-gateway-resize
@@ -61,12 +66,7 @@ fi
 if [ -n "$MEDIA_AB" ]; then
     # Four phones at once: screenshots decoded on the gateway's own core (media_cores none),
     # then on the cores no stage is pinned to (the default).
-    python3 - > /tmp/media-none.toml <<'PY'
-s = open("launch/specs/default.toml").read()
-old = 'params = { compute = "model" }'
-at = s.index(old, s.index("[stages.gateway]"))
-print(s[:at] + 'params = { compute = "model", media_cores = "none" }' + s[at + len(old):], end="")
-PY
+    with_param gateway 'media_cores = "none"' > /tmp/media-none.toml
     concurrent() {
         $B --dataset random-image --num-prompts 32 --max-concurrency 4 --request-rate inf --random-input-len 32 --random-output-len 16 --result-file $OUT/serve-$GPU-$1.json --record $OUT/spans-$1.jsonl > $OUT/serve-$1.log 2>&1
     }
