@@ -42,7 +42,7 @@ def test_auto_gives_distinct_cores_when_there_are_enough():
     assert all(not st.shares_cores_with for st in spec.stages.values())
 
 
-def test_spare_cores_are_those_no_stage_is_pinned_to_and_reach_every_stage(tmp_path):
+def test_spare_cores_are_those_no_stage_is_pinned_to_and_reach_every_stage():
     from launch.supervisor import Supervisor
 
     assert spare_cores(load_spec(DEFAULT_SPEC, machine_cores=[0, 1]), [0, 1]) == []
