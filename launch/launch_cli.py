@@ -32,7 +32,7 @@ def _launch(args) -> int:
     from shm.errors import InstanceBusyError
 
     from .launcher import launch
-    from .spec import DEFAULT_SPEC, SpecError, format_cores, load_spec
+    from .spec import DEFAULT_SPEC, SpecError, available_cores, format_cores, load_spec, spare_cores
 
     instance = check_instance(args.instance, "launch")
     try:
@@ -44,6 +44,9 @@ def _launch(args) -> int:
         for st in spec.stages.values():
             shared = f" (shared with {', '.join(st.shares_cores_with)})" if st.shares_cores_with else ""
             print(f"  {st.name:<10} cores {format_cores(st.cores)}{shared}  module {st.module}")
+        spare = spare_cores(spec, available_cores())
+        print(f"  spare cores {format_cores(spare)} (worker threads: the gateway's media decoding)"
+              if spare else "  no spare cores")
         return 0
     _apply_overrides(args, spec)
     try:

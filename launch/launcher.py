@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from .spec import LaunchSpec, format_cores, load_spec
+from .spec import LaunchSpec, format_cores, load_spec, spare_cores
 
 STEP_S = 0.05
 
@@ -56,10 +56,12 @@ class Launcher:
         used = sorted({c for st in spec.stages.values() for c in st.cores})
         sharing = len(spec.stages) > len(used) or any(st.shares_cores_with
                                                        for st in spec.stages.values())
+        spare = spare_cores(spec, machine)
         self.say(f"[launch] instance {self.instance!r}: {len(spec.stages)} stages on cores "
                  f"{format_cores(used)} of {format_cores(machine)}"
                  + (" (several stages share cores: this machine has fewer cores than stages)"
                     if sharing else "")
+                 + (f", cores {format_cores(spare)} spare" if spare else "")
                  + f"; DDS domain {domain_id_for(self.instance)}; spec {self.spec_path}")
         try:
             self._hold_cpu_latency()

@@ -141,6 +141,9 @@ def test_check_prints_the_plan_without_starting(tmp_path):
     p = _spec(tmp_path, spec_text(STAGES))
     r = cli("launch", str(p), "--check")
     assert f"{p}: OK" in r.stdout and "vision" in r.stdout and "cores" in r.stdout
+    machine = sorted(os.sched_getaffinity(0))
+    spare = spare_cores(load_spec(p, machine_cores=machine), machine)
+    assert (f"spare cores {format_cores(spare)}" if spare else "no spare cores") in r.stdout
 
 
 def test_default_spec_holds_cpu_wakeup_latency_and_others_do_not(tmp_path):
