@@ -3,8 +3,8 @@
 A screenshot's PNG decode takes 35 ms of a core (1080x2400 RGBA, the 2-core VM) and Pillow
 releases the GIL while it decodes, but the gateway process is pinned to one core: requests from
 several phones would decode one after another there, on the core the event loop needs for
-streaming. A GPU host has many more cores than the pipeline has stages; with one thread per
-spare core, each decode gets a core of its own.
+streaming. A GPU host has many more cores than the pipeline has stages; with the threads on
+the spare cores, each decode gets a core of its own.
 """
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 
+# As many as Starlette's pool had (anyio's default): a request in transcribe mode waits in its
+# thread for the audio stage's transcript, so threads are not counted by cores.
+MIN_THREADS = 40
+
+
 class MediaWorkers:
-    """One thread per core in ``cores``, each allowed on all of them (the kernel spreads them)."""
+    """Threads allowed on all of ``cores`` (the kernel spreads them), at least MIN_THREADS and
+    one per core."""
 
     def __init__(self, cores) -> None:
         self.cores = sorted(set(int(c) for c in cores))
@@ -30,7 +36,8 @@ class MediaWorkers:
         finally:
             os.sched_setaffinity(0, own)
         # sched_setaffinity(0, ...) in a thread pins that thread only (Linux).
-        self._pool = ThreadPoolExecutor(max_workers=len(self.cores), thread_name_prefix="media",
+        self._pool = ThreadPoolExecutor(max_workers=max(MIN_THREADS, len(self.cores)),
+                                        thread_name_prefix="media",
                                         initializer=os.sched_setaffinity,
                                         initargs=(0, self.cores))
 

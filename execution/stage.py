@@ -133,7 +133,7 @@ class HttpGatewayStage:
         ctx.log(f"OpenAI API at {self.address}/v1 (model {names[0]!r}, files from {model_dir}"
                 f"{', audio ' + audio_mode if audio_mode else ''})")
         cores = config.media_cores
-        ctx.log(f"images and audio decoded on cores {format_cores(cores)} ({len(cores)} threads)"
+        ctx.log(f"images and audio decoded on cores {format_cores(cores)}"
                 if cores else "images and audio decoded on the gateway's own core")
 
     @staticmethod

@@ -46,8 +46,7 @@ def test_images_are_decoded_on_the_spare_cores(one_core_pipeline):
     p = one_core_pipeline
     assert f"4 stages on cores 0 of {format_cores(MACHINE)}" in p.output()
     assert f", cores {format_cores(SPARE)} spare" in p.output()
-    assert (f"images and audio decoded on cores {format_cores(SPARE)} ({len(SPARE)} threads)"
-            in p.output())
+    assert f"images and audio decoded on cores {format_cores(SPARE)}" in p.output()
     gateway = p.stage_pids()["gateway"]
     assert SPARE not in _thread_masks(gateway)      # threads start with the first image
     client = openai.OpenAI(base_url=p.url + "/v1", api_key="EMPTY", timeout=120)

@@ -28,3 +28,19 @@ def test_cores_that_cannot_be_used_are_refused_at_once():
     assert os.sched_getaffinity(0) == own
     with pytest.raises(ValueError, match="at least one core"):
         MediaWorkers([])
+
+
+def test_waiting_work_does_not_hold_up_the_rest():
+    """A transcription waits in its thread: two such waits on one core still run together."""
+    import threading
+
+    both = threading.Barrier(2, timeout=10)
+    workers = MediaWorkers([max(os.sched_getaffinity(0))])
+
+    async def two():
+        return await asyncio.gather(workers.run(both.wait), workers.run(both.wait))
+
+    try:
+        assert sorted(asyncio.run(two())) == [0, 1]
+    finally:
+        workers.close()
