@@ -47,6 +47,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import threading
 import time
 from collections import defaultdict, deque
 from typing import AsyncIterator
@@ -121,6 +122,7 @@ class ShmPipelineClient:
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
         self._states: dict[str, str] = {}
         self._details: dict[str, str] = {}  # stage -> its state's detail ("device cuda:0; ...")
+        self._states_lock = threading.Lock()
         self.lost_records = 0
         self._stats_reader = None
         self._engine_stats = None  # newest ENGINE_STATS_RECORD
@@ -456,10 +458,14 @@ class ShmPipelineClient:
                     fut.set_exception(err)
 
     # --- health and stats ---------------------------------------------------------------
-    def _take_states(self) -> None:
-        for st in self._state_reader.take(0):
-            self._states[st.stage] = st.state
-            self._details[st.stage] = st.detail
+    def _take_states(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The newest state and detail of every stage, as copies: the event loop and the
+        threads preparing media (frames_resized_downstream) both take them."""
+        with self._states_lock:
+            for st in self._state_reader.take(0):
+                self._states[st.stage] = st.state
+                self._details[st.stage] = st.detail
+            return dict(self._states), dict(self._details)
 
     def frames_resized_downstream(self) -> bool:
         """Whether a ready stage resizes frames on its device (the vision stage on a GPU says
@@ -468,28 +474,27 @@ class ShmPipelineClient:
 
         if self._plane is None:
             return False
-        self._take_states()
-        return any(self._states.get(stage) in ("ready", "busy")
+        states, details = self._take_states()
+        return any(states.get(stage) in ("ready", "busy")
                    and RESIZES_FRAMES in read_ready_detail(detail)[1]
-                   for stage, detail in list(self._details.items()))
+                   for stage, detail in details.items())
 
     def _stages_down(self) -> str:
         """'' when every stage that announced a state is ready or busy, else which are not."""
         if self._plane is None:
             return ""
-        self._take_states()
-        return "; ".join(f"stage {k} is {v}" for k, v in self._states.items()
+        states, _ = self._take_states()
+        return "; ".join(f"stage {k} is {v}" for k, v in states.items()
                          if v not in ("ready", "busy"))
 
     async def health(self) -> PipelineHealth:
         if self._plane is None:
             return PipelineHealth(False, "not started")
-        self._take_states()
-        bad = {k: v for k, v in self._states.items() if v not in ("ready", "busy")}
-        if not self._states:
+        states, _ = self._take_states()
+        bad = {k: v for k, v in states.items() if v not in ("ready", "busy")}
+        if not states:
             return PipelineHealth(False, "no stage has announced its state yet")
-        return PipelineHealth(not bad, "; ".join(f"{k}: {v}" for k, v in bad.items()),
-                              dict(self._states))
+        return PipelineHealth(not bad, "; ".join(f"{k}: {v}" for k, v in bad.items()), states)
 
     def stats(self) -> PipelineStats:
         drained = {}
