@@ -10,7 +10,6 @@ alternate call by call, so the host's drift falls on both alike. Medians in micr
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -18,6 +17,8 @@ import time
 import numpy as np
 
 from control import messages as m
+
+from . import write_result
 
 _JUNK = np.ones(32 << 17)   # 32 MiB of float64
 
@@ -73,9 +74,7 @@ def main(argv=None) -> None:
         print(f"{name} ({r['bytes']} bytes)")
         for key in sorted(k for k in r if k.endswith("_us")):
             print(f"  {key:22s} encode {r[key]['encode']:6.1f}  decode {r[key]['decode']:6.1f} us")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    write_result(args.out, res)
 
 
 if __name__ == "__main__":

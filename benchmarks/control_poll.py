@@ -15,7 +15,6 @@ host's drift falls on both alike. Medians in microseconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,8 @@ import numpy as np
 
 from control import topics as t
 from control.plane import ControlPlane, ReaderSet
+
+from . import write_result
 
 _JUNK = np.ones(32 << 17)   # 32 MiB of float64
 
@@ -62,9 +63,7 @@ def main(argv=None) -> None:
            "host": platform.node(), "unit": "us, median", "results": run(args.rounds)}
     for case, r in res["results"].items():
         print(f"{case}: " + "  ".join(f"{name} {us:.2f} us" for name, us in r.items()))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    write_result(args.out, res)
 
 
 if __name__ == "__main__":

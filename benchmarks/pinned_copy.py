@@ -9,7 +9,6 @@ on both alike; medians in ms, and GB/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,8 @@ import torch
 
 from runtime.host_pinning import PinnedPools
 from shm import Instance
+
+from . import write_result
 
 FRAME = (2400, 1080, 3)            # uint8
 EMBEDDINGS = (3108, 4096)          # bf16
@@ -101,9 +102,7 @@ def main() -> None:
         print(f"{row['copy']:15s} {row['bytes'] / 1e6:5.1f} MB  pageable {row['pageable_ms_median']:.3f} ms "
               f"({row['pageable_GB_per_s']} GB/s)  page-locked {row['page_locked_ms_median']:.3f} ms "
               f"({row['page_locked_GB_per_s']} GB/s)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from modelcore.prompt import render
 from modelcore.token_cache import PieceCache
 from modelcore.tokenizer import GlmTokenizer
 
+from . import write_result
+
 _SYSTEM = ("今天的日期是: 2026年12月05日 星期六\n你是一个智能体分析专家，可以根据操作历史和当前状态图"
            "执行一系列操作来完成任务。你必须严格按照要求输出以下格式：\n<think>{think}</think>\n"
            "<answer>{action}</answer>\n操作指令及其作用如下：\n")
@@ -103,9 +105,7 @@ def main(argv=None) -> None:
     for w in res["windows"]:
         print(f"{w['steps']:>8} {w['prompt_ids']:>7} {w['render_ms']:>9.3f} "
               f"{w['tokenizer_ms']:>10.3f} {w['pieces_ms']:>9.3f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(res, f, indent=2)
+    write_result(args.out, res)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ turns round after round, so the machine's drift falls on all alike; medians in m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -20,6 +19,7 @@ from PIL import Image
 
 from perception.vision.processor import decode_image, rgb_array, to_rgb
 
+from . import write_result
 from .serve import synthetic_screen_png
 
 
@@ -59,9 +59,7 @@ def main() -> None:
     result = run(args.rounds)
     for name, ms in result["median_ms"].items():
         print(f"{name:32s} {ms:7.2f} ms")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
