@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "launch.topic_cli",
     "launch.param_cli",
     "execution.cli",
+    "execution.phone.cli",
     "profiler.cli",
 ]
 

@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from .conftest import audio_message, image_message, metrics, png_data_url, wav_b64
+from .conftest import REPO, audio_message, image_message, metrics, png_data_url, wav_b64
 
 MODEL = "autoglm-phone-9b"
 pytestmark = pytest.mark.timeout(300)
@@ -110,6 +111,39 @@ def test_open_autoglm_client_request_shape(pipeline):
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "length"
     assert isinstance(raw, str)
+
+
+def test_phone_agent_against_the_pipeline(pipeline, tmp_path):
+    """`autoglm agent` on the simulated phone: its screenshot goes through the whole pipeline,
+    and the reply it reads is the server's own answer to the same request. The embedded
+    model's weights are random, so that reply is no action and the run stops, saying so."""
+    from execution.phone import prompt
+    from execution.phone.device import SimulatedPhone
+
+    log = tmp_path / "run.json"
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", "Open Settings",
+                        "--base-url", pipeline.url + "/v1", "--max-tokens", "8", "--log", str(log)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = json.loads(log.read_text())
+    assert r.returncode == 1 and run["status"] == "no_action", r.stdout + r.stderr
+    assert r.stderr.splitlines()[-1].startswith("no action after 1 step: step 1: ")
+    (step,) = run["steps"]
+    assert step["app"] == "Home" and step["first_token_s"] > 0 and step["reply"]
+    phone = SimulatedPhone()
+    messages = [{"role": "system", "content": prompt.system_prompt()},
+                prompt.first_turn(phone.screenshot().png, "Open Settings", phone.current_app())]
+    direct = httpx.post(pipeline.url + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0.0,
+        "top_p": 0.85, "frequency_penalty": 0.2}).json()
+    assert direct["choices"][0]["message"]["content"] == step["reply"]
+
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", "Open Settings",
+                        "--base-url", pipeline.url + "/v1", "--model", "nope"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"server error after 0 steps: {pipeline.url}/v1/chat/completions answered 404: "
+        "The model `nope` does not exist.")
 
 
 def test_curl_streaming(pipeline):
