@@ -105,6 +105,10 @@ def _client_request_id(request: Request) -> str | None:
     return value
 
 
+def _token_id_text(token_id: int) -> str:
+    return f"token_id:{token_id}"
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.to_body(), status_code=err.status)
 
@@ -187,15 +191,17 @@ class Gateway:
         generation = Generation(self.client, req, self._decode, options, totals)
         self._prepared(req.request_id, t_arrival, t0, t1)
         deltas = self._tracked(generation, totals, t_arrival, req.arrival_time)
-        want_lp = chat.logprobs
+        # How logprobs name tokens: their text, or "token_id:N" (vLLM's return_tokens_as_token_ids).
+        lp_text = None if not chat.logprobs else (
+            _token_id_text if chat.return_tokens_as_token_ids else self._token_text)
         if chat.stream:
             builder = ChunkBuilder(completion_id, model, chat.include_usage, chat.return_reasoning)
-            return _traced(SSEResponse(self._sse(builder, deltas, totals, want_lp,
+            return _traced(SSEResponse(self._sse(builder, deltas, totals, lp_text,
                                                  chat.top_logprobs, completion_id),
                                        also_close=generation),
                            self.client, completion_id)
         try:
-            result = await _until_disconnect(request, self._collect(deltas, want_lp,
+            result = await _until_disconnect(request, self._collect(deltas, lp_text,
                                                                    chat.top_logprobs))
         except PipelineError as exc:
             return _traced(error_response(server_error(str(exc), 503 if exc.retryable else 500)),
@@ -219,17 +225,17 @@ class Gateway:
         self.metrics.observe_stage("gateway_prepare", t1 - t0)
         _trace_prepare(self.client, request_id, t_arrival, t0, t1)
 
-    async def _collect(self, deltas: AsyncIterator[OutputDelta], want_lp: bool, top_n: int):
+    async def _collect(self, deltas: AsyncIterator[OutputDelta], lp_text, top_n: int):
         content, reasoning, lps = [], [], []
         async for d in deltas:
             content.append(d.content)
             reasoning.append(d.reasoning)
             lps.extend(d.logprobs)
-        lp = logprobs_dict(lps, self._token_text, top_n) if want_lp else None
+        lp = logprobs_dict(lps, lp_text, top_n) if lp_text else None
         return "".join(content), "".join(reasoning), lp
 
     async def _sse(self, builder: ChunkBuilder, deltas: AsyncIterator[OutputDelta],
-                   totals: GenerationTotals, want_lp: bool, top_n: int,
+                   totals: GenerationTotals, lp_text, top_n: int,
                    request_id: str = "") -> AsyncIterator[bytes]:
         tracer = getattr(self.client, "tracer", None)
         # The assistant-role chunk goes out with the first delta, in one write: written
@@ -238,8 +244,8 @@ class Gateway:
         head, ended = builder.first(), False
         try:
             async for d in deltas:
-                lp = logprobs_dict(d.logprobs, self._token_text, top_n) if (
-                    want_lp and d.logprobs) else None
+                lp = logprobs_dict(d.logprobs, lp_text, top_n) if (
+                    lp_text and d.logprobs) else None
                 chunk = builder.delta(d.content, d.reasoning, d.finish_reason, lp)
                 if d.finish_reason is not None:
                     # The closing events go out with the last delta, in one write, before

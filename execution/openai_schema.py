@@ -68,6 +68,7 @@ class ChatRequest:
     repetition_penalty: float = 1.0
     logprobs: bool = False
     top_logprobs: int = 0
+    return_tokens_as_token_ids: bool = False   # vLLM's: logprobs name tokens "token_id:N"
     stream: bool = False
     include_usage: bool = False
     enable_thinking: bool | None = None  # None: the chat template's default
@@ -192,6 +193,7 @@ def parse_chat_request(body: dict[str, Any], limits: SchemaLimits = SchemaLimits
                                       lo_open=True),
         logprobs=logprobs,
         top_logprobs=top_logprobs or 0,
+        return_tokens_as_token_ids=_opt_bool(body, "return_tokens_as_token_ids") or False,
         stream=stream,
         include_usage=include_usage,
         enable_thinking=enable_thinking,

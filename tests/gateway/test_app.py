@@ -180,6 +180,25 @@ def test_logprobs(glm_tok):
                if e["choices"][0]["logprobs"]) == len(ids) + 1
 
 
+def test_return_tokens_as_token_ids(glm_tok):
+    """vLLM's extension: logprobs name every token, alternatives too, as "token_id:N"."""
+    pipe = ScriptedPipeline(glm_tok, "hello world")
+    with running_gateway(glm_tok, pipe) as (url, _):
+        b = post(url, logprobs=True, top_logprobs=2, return_tokens_as_token_ids=True).json()
+        ev = sse_events(post(url, logprobs=True, stream=True,
+                             return_tokens_as_token_ids=True).text)
+        refused = post(url, logprobs=True, return_tokens_as_token_ids="yes")
+    ids = glm_tok.encode("hello world")
+    lp = b["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in lp[:len(ids)]] == [f"token_id:{i}" for i in ids]
+    assert all(t["token"].startswith("token_id:") for e in lp for t in e["top_logprobs"])
+    streamed = [e["token"] for c in ev[1:] if c["choices"] and c["choices"][0]["logprobs"]
+                for e in c["choices"][0]["logprobs"]["content"]]
+    assert streamed[:len(ids)] == [f"token_id:{i}" for i in ids]
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "return_tokens_as_token_ids"
+
+
 def test_pipeline_error_streaming_and_not(glm_tok):
     pipe = ScriptedPipeline(glm_tok, SCRIPT, fail_after=3)
     with running_gateway(glm_tok, pipe) as (url, gw) :
