@@ -52,3 +52,20 @@ def generate_ids(decoder: GlmDecoder, embeds: torch.Tensor, positions: torch.Ten
         pos = decode_positions(kv.length, 1, rope_delta, device=embeds.device)
         logits = decoder.logits(decoder(decoder.embed(ids), pos, kv))[0]
     return out
+
+
+@torch.no_grad()
+def continuation_logits(decoder: GlmDecoder, embeds: torch.Tensor, positions: torch.Tensor,
+                        rope_delta: int, ids: Sequence[int]) -> torch.Tensor:
+    """Logits [len(ids), vocab]: row i is what the model predicts after the prompt (`embeds`
+    at `positions`) and ids[:i], all rows from one teacher-forced forward. How likely a
+    generated continuation was, token by token (tests: were the server's choices greedy?)."""
+    if not ids:
+        raise ValueError("no ids to score")
+    n = embeds.shape[0]
+    device = embeds.device
+    kv = decoder.new_cache(n + len(ids))
+    forced = decoder.embed(torch.tensor(list(ids[:-1]), device=device, dtype=torch.long))
+    pos = torch.cat([positions, decode_positions(n, len(ids) - 1, rope_delta, device)], dim=1)
+    hidden = decoder(torch.cat([embeds, forced]), pos, kv)
+    return decoder.logits(hidden[n - 1:])

@@ -141,12 +141,33 @@ class AutoGLMModel:
                      max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                      top_k: int = 0, enable_thinking: bool | None = None, seed: int | None = None,
                      content_format: str = "openai") -> list[int]:
-        from decision.fusion import merge_image_embeddings, mrope_positions
         from decision.generate import generate_ids
-        from .prompt import build_prompt
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        embeds, positions, rope_delta = self._prompt_inputs(messages, images, enable_thinking,
+                                                            content_format)
+        return generate_ids(self.text_decoder, embeds, positions, rope_delta, max_new_tokens,
+                            self.tokenizer.eos_token_ids, temperature, top_p, top_k, seed)
+
+    @torch.no_grad()
+    def continuation_logits(self, messages: Sequence[dict] | str, images: Sequence[Any],
+                            ids: Sequence[int], enable_thinking: bool | None = None,
+                            content_format: str = "openai") -> torch.Tensor:
+        """Logits [len(ids), vocab] the model gives each of `ids` after the prompt and the
+        ids before it (decision.generate.continuation_logits)."""
+        from decision.generate import continuation_logits
+
+        embeds, positions, rope_delta = self._prompt_inputs(messages, images, enable_thinking,
+                                                            content_format)
+        return continuation_logits(self.text_decoder, embeds, positions, rope_delta, ids)
+
+    def _prompt_inputs(self, messages, images, enable_thinking, content_format):
+        """The prompt as the decoder takes it: embeddings (images merged), mrope positions
+        [3, N] and the rope delta of the tokens after it."""
+        from decision.fusion import merge_image_embeddings, mrope_positions
+        from .prompt import build_prompt
+
         processed = self._preprocess(images)
         counts = [p.num_tokens for p in processed]
         prompt = build_prompt(self.tokenizer, messages, counts, enable_thinking=enable_thinking,
@@ -161,8 +182,7 @@ class AutoGLMModel:
             embeds = merge_image_embeddings(embeds, ids, image_id, feats)
         pos = mrope_positions(prompt.ids, image_id, [p.grid_thw for p in processed],
                               self.model_config.vision.spatial_merge_size)
-        return generate_ids(dec, embeds, pos.ids.to(device), pos.rope_delta, max_new_tokens,
-                            self.tokenizer.eos_token_ids, temperature, top_p, top_k, seed)
+        return embeds, pos.ids.to(device), pos.rope_delta
 
     def _preprocess(self, images: Sequence[Any]):
         if not images:

@@ -8,7 +8,7 @@ import torch
 
 from decision.decoder import GlmDecoder
 from decision.fusion import mrope_positions, merge_image_embeddings
-from decision.generate import generate_ids
+from decision.generate import continuation_logits, generate_ids
 from tests.model.conftest import BOI, EOI, IMAGE
 
 TOL = 2e-4
@@ -133,6 +133,27 @@ def test_greedy_generation_identical(hf_tiny):
         ours = generate_ids(dec, embeds, pos.ids, pos.rope_delta, 32)
     assert len(ref) == 32
     assert ours == ref
+
+
+def test_continuation_logits_match_transformers_teacher_forced(hf_tiny):
+    """Scoring a continuation in one forward: row i is transformers' logits after the prompt
+    and ids[:i], and greedy ids are each row's argmax."""
+    hf, path = hf_tiny
+    dec = GlmDecoder.from_pretrained(path)
+    grids = [(1, 4, 8)]
+    ids = _prompt(grids)
+    pixels, grid, feats = _image_features(hf, grids)
+    with torch.no_grad():
+        embeds = merge_image_embeddings(dec.embed(torch.tensor(ids)), torch.tensor(ids), IMAGE, feats)
+        pos = mrope_positions(ids, IMAGE, grids, 2)
+        greedy = generate_ids(dec, embeds, pos.ids, pos.rope_delta, 12)
+        ours = continuation_logits(dec, embeds, pos.ids, pos.rope_delta, greedy)
+        full = torch.tensor([ids + greedy[:-1]])
+        ref = hf(input_ids=full, pixel_values=pixels, image_grid_thw=grid,
+                 mm_token_type_ids=(full == IMAGE).int()).logits[0, len(ids) - 1:]
+    assert ours.shape == ref.shape == (12, ref.shape[-1])
+    assert (ours - ref).abs().max().item() < TOL
+    assert ours.argmax(-1).tolist() == greedy
 
 
 def test_chunked_prefill_equals_one_shot(hf_tiny):
