@@ -1,7 +1,7 @@
 """What the stages do by default on CUDA, forced on the CPU, through the whole pipeline: the
 decision stage's overlapped decode (params.overlap_decode) and the vision stage resizing the
 frames the gateway sends at their own size (params.resize_frames). Greedy outputs must equal
-the in-process model's."""
+the in-process model's (conftest.check_greedy)."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from .conftest import REPO, ready_pipeline
-from .test_serving import MODEL, _reference_text
+from .conftest import REPO, WITH_IDS, check_greedy, ids_of, ready_pipeline
+from .test_serving import MODEL
 
 DECISION_PARAMS = 'params = { compute = "model", max_model_len = 25480 }'
 VISION_PARAMS = '[stages.vision]\nmodule = "perception.vision.stage"\ncores = "auto"\ngpu = "cuda"\nbackend = "torch"\ninputs = ["frames"]\noutputs = ["embeddings"]\nparams = { compute = "model" }'
@@ -37,20 +37,22 @@ def test_concurrent_greedy_streams_equal_the_in_process_model(overlap_pipeline):
     def one(i):
         stream = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": prompts[i]}],
-            max_tokens=lengths[i], temperature=0, stream=True)
-        text, finish = "", None
+            max_tokens=lengths[i], temperature=0, stream=True, **WITH_IDS)
+        text, finish, ids = "", None, []
         for chunk in stream:
             if chunk.choices:
-                text += chunk.choices[0].delta.content or ""
-                finish = chunk.choices[0].finish_reason or finish
-        return text, finish
+                choice = chunk.choices[0]
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+                ids += ids_of(choice.logprobs.content) if choice.logprobs else []
+        return text, finish, ids
 
     assert "overlapped decode on" in overlap_pipeline.output()
     with cf.ThreadPoolExecutor(4) as ex:
         results = list(ex.map(one, range(4)))
-    for i, (text, finish) in enumerate(results):
-        assert finish == "length"
-        assert text == _reference_text([{"role": "user", "content": prompts[i]}], [], lengths[i])
+    for i, (text, finish, ids) in enumerate(results):
+        assert finish == "length" and len(ids) == lengths[i]
+        check_greedy([{"role": "user", "content": prompts[i]}], [], text, ids, lengths[i])
 
 
 def test_an_image_resized_by_the_vision_stage_equals_the_in_process_model(overlap_pipeline):
@@ -75,7 +77,8 @@ def test_an_image_resized_by_the_vision_stage_equals_the_in_process_model(overla
     client = openai.OpenAI(base_url=overlap_pipeline.url + "/v1", api_key="EMPTY", timeout=120)
     url = png_data_url(300, 590, seed=4)     # resized to 308x588: by the vision stage here
     r = client.chat.completions.create(model=MODEL, messages=[image_message(url, "Open it")],
-                                       max_tokens=8, temperature=0)
+                                       max_tokens=8, temperature=0, **WITH_IDS)
     png = base64.b64decode(url.split(",", 1)[1])
     ref = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Open it"}]}]
-    assert r.choices[0].message.content == _reference_text(ref, [png], 8)
+    c = r.choices[0]
+    check_greedy(ref, [png], c.message.content, ids_of(c.logprobs.content), 8)

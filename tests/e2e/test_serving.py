@@ -15,7 +15,8 @@ import time
 import httpx
 import pytest
 
-from .conftest import REPO, audio_message, image_message, metrics, png_data_url, wav_b64
+from .conftest import (REPO, WITH_IDS, audio_message, check_greedy, ids_of, image_message, metrics,
+                       png_data_url, wav_b64)
 
 MODEL = "autoglm-phone-9b"
 pytestmark = pytest.mark.timeout(300)
@@ -187,13 +188,6 @@ def test_16_concurrent_streaming_requests_of_mixed_modalities(openai_client):
     assert all(isinstance(r[1], str) for r in results)
 
 
-def _reference_text(messages, images, max_new_tokens):
-    from modelcore.api import AutoGLMModel, MultiModalConfig
-
-    model = AutoGLMModel.from_pretrained(None, MultiModalConfig(audio_encoder=None))
-    return model.generate(messages, images, max_new_tokens=max_new_tokens, temperature=0.0)
-
-
 def test_greedy_is_deterministic_and_equals_the_in_process_model(openai_client):
     import base64
 
@@ -201,20 +195,20 @@ def test_greedy_is_deterministic_and_equals_the_in_process_model(openai_client):
     # resizes it; the in-process model's processor resizes with Pillow.
     url = png_data_url(300, 590, seed=9)
     msgs = [image_message(url, "Where is the settings icon?")]
-    texts = []
-    for _ in range(2):
-        r = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8,
-                                                  temperature=0)
-        texts.append(r.choices[0].message.content)
+    replies = [openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8,
+                                                     temperature=0, **WITH_IDS).choices[0]
+               for _ in range(2)]
+    texts = [c.message.content for c in replies]
     assert texts[0] == texts[1]
+    assert ids_of(replies[0].logprobs.content) == ids_of(replies[1].logprobs.content)
     png = base64.b64decode(url.split(",", 1)[1])
     ref_msgs = [{"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": "Where is the settings icon?"}]}]
-    assert texts[0] == _reference_text(ref_msgs, [png], 8)
+    check_greedy(ref_msgs, [png], texts[0], ids_of(replies[0].logprobs.content), 8)
     text_msgs = [{"role": "user", "content": "Tap the search bar"}]
-    r = openai_client.chat.completions.create(model=MODEL, messages=text_msgs, max_tokens=8,
-                                              temperature=0)
-    assert r.choices[0].message.content == _reference_text(text_msgs, [], 8)
+    c = openai_client.chat.completions.create(model=MODEL, messages=text_msgs, max_tokens=8,
+                                              temperature=0, **WITH_IDS).choices[0]
+    check_greedy(text_msgs, [], c.message.content, ids_of(c.logprobs.content), 8)
 
 
 def test_short_and_long_prompts_take_both_ways_and_agree_with_the_in_process_model(
@@ -233,10 +227,11 @@ def test_short_and_long_prompts_take_both_ways_and_agree_with_the_in_process_mod
         msgs = [{"role": "user", "content": text}]
         before = pool_writes()
         r = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5,
-                                                  temperature=0)
+                                                  temperature=0, **WITH_IDS)
         assert (r.usage.prompt_tokens > INLINE_PROMPT_TOKENS) == through_pool
         assert pool_writes() - before == int(through_pool)
-        assert r.choices[0].message.content == _reference_text(msgs, [], 5)
+        c = r.choices[0]
+        check_greedy(msgs, [], c.message.content, ids_of(c.logprobs.content), 5)
 
 
 def test_errors_over_the_live_pipeline(pipeline, openai_client):
