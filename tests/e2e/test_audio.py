@@ -252,7 +252,6 @@ def test_embed_mode_stereo_44k_wav_and_flac(pipeline, kind):
         obs.close()
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
     assert r.usage.prompt_tokens == _embed_prompt_tokens(rows)
-    import json
     enc = next(s for s in spans if s.name == "audio.encode" and s.request_id == r.id)
     assert enc.attrs["tokens"] == rows
 
