@@ -3,7 +3,6 @@ model, CPU) as a subprocess, under a unique instance name and a free port, modul
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import json
 import socket
@@ -17,6 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from tests.greedy import BF16_TIE, reference_model, shortfalls
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120
@@ -148,22 +149,10 @@ def metrics(url: str) -> dict[str, float]:
 # Asks the server for the ids of the tokens it generated (vLLM's return_tokens_as_token_ids):
 # the openai SDK's keyword arguments, for check_greedy.
 WITH_IDS = {"logprobs": True, "extra_body": {"return_tokens_as_token_ids": True}}
-# How far below the best logit a token may score and still be a greedy choice of bf16 stages:
-# the embedded model's random logits have their top two a few hundredths apart, and bf16
-# carries 8 significant bits (0.008 at 1.0) through every layer. Measured on the H200:
-# see .ci/gpu-tests. A token chosen by anything but a near-tie falls far short of it.
-BF16_TIE = 0.1
 
 
 def ids_of(logprobs_content) -> list[int]:
     return [int(lp.token.removeprefix("token_id:")) for lp in logprobs_content]
-
-
-@functools.lru_cache(maxsize=1)
-def reference_model():
-    """The in-process model (modelcore.api), fp32 on the CPU, with the pipeline's weights."""
-    from modelcore.api import AutoGLMModel, MultiModalConfig
-    return AutoGLMModel.from_pretrained(None, MultiModalConfig(audio_encoder=None))
 
 
 def stages_on_cuda() -> bool:
@@ -174,18 +163,14 @@ def stages_on_cuda() -> bool:
 def check_greedy(messages, images, text: str, ids: list[int], max_tokens: int) -> None:
     """A greedy reply of the pipeline against the in-process model. Stages on the CPU run
     fp32 too: the reply must be its very text. Stages on CUDA run bf16, whose rounding flips
-    near-ties: there each id the pipeline chose, scored by the reference teacher-forced on
-    the pipeline's own earlier ids, must be within BF16_TIE of that position's best."""
-    import torch
-
-    model = reference_model()
+    near-ties: there each id the pipeline chose must be within BF16_TIE of the reference's
+    best (tests/greedy.py)."""
     if not stages_on_cuda():
-        assert text == model.generate(messages, images, max_new_tokens=max_tokens,
-                                      temperature=0.0)
+        assert text == reference_model().generate(messages, images, max_new_tokens=max_tokens,
+                                                  temperature=0.0)
         return
     assert 1 <= len(ids) <= max_tokens
-    logits = model.continuation_logits(messages, images, ids)
-    short = logits.max(-1).values - logits[torch.arange(len(ids)), torch.tensor(ids)]
+    short = shortfalls(messages, images, ids)
     print(f"greedy check: {int((short > 0).sum())} of {len(ids)} ids not the reference's "
           f"argmax, at most {float(short.max()):.4f} below its best")   # pytest -rP shows it
     assert float(short.max()) <= BF16_TIE, f"below the best logit by {short.tolist()}"
