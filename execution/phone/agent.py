@@ -32,6 +32,8 @@ class Step:
     outcome: str                 # "ok", "device refused: ...", or why the run ended here
     first_token_s: float | None
     reply_s: float
+    screen_s: float              # taking the screenshot and asking for the foreground app
+    action_s: float = 0.0        # doing the gesture (not the settle delay after it)
     action: str | None = None    # the parsed action's name
 
 
@@ -81,10 +83,12 @@ class PhoneAgent:
         history = [{"role": "system", "content": opts.system_prompt or prompt.system_prompt()}]
         result = RunResult("max_steps", f"no finish within {opts.max_steps} steps")
         for index in range(1, opts.max_steps + 1):
+            t0 = time.monotonic()
             try:
                 shot, app = self.device.screenshot(), self.device.current_app()
             except DeviceError as e:
                 return RunResult("device_error", f"step {index}: {e}", result.steps)
+            screen_s = time.monotonic() - t0
             opts.on_screen(index, shot)
             turn = (prompt.first_turn(shot.png, task, app) if index == 1
                     else prompt.next_turn(shot.png, app))
@@ -94,7 +98,7 @@ class PhoneAgent:
                 return RunResult("server_error", str(e), result.steps)
             thinking, action_text = split_reply(reply.text)
             step = Step(index, app, reply.text, thinking, action_text, "ok",
-                        reply.first_token_s, reply.total_s)
+                        reply.first_token_s, reply.total_s, screen_s)
             result.steps.append(step)
             history += [prompt.without_image(turn), prompt.assistant_turn(thinking, action_text)]
             try:
@@ -104,7 +108,9 @@ class PhoneAgent:
                     step.outcome = "finished"
                     result.status, result.message = "finished", action.args["message"]
                     return result
+                t0 = time.monotonic()
                 step.outcome = self._perform(action, shot)
+                step.action_s = time.monotonic() - t0
             except ActionError as e:
                 step.outcome = f"no action: {e}"
                 return RunResult("no_action", f"step {index}: {e}", result.steps)

@@ -82,8 +82,9 @@ def _agent(args) -> int:
         screens.mkdir(parents=True, exist_ok=True)
 
     def on_step(step) -> None:
-        first = f", first token {step.first_token_s:.2f} s" if step.first_token_s else ""
-        print(f"step {step.index}  [{step.app}]  reply {step.reply_s:.2f} s{first}")
+        first = f" (first token {step.first_token_s:.2f})" if step.first_token_s else ""
+        print(f"step {step.index}  [{step.app}]  screen {step.screen_s:.2f} s, reply "
+              f"{step.reply_s:.2f} s{first}, action {step.action_s:.2f} s")
         if step.thinking:
             print(f"  think: {_one_line(step.thinking)}")
         print(f"  {_one_line(step.action_text) or '(no action)'}  -> {step.outcome}", flush=True)

@@ -69,7 +69,7 @@ def test_a_whole_task_on_the_simulated_phone(tmp_path):
     assert [s.action for s in result.steps] == ["Launch", "Type", "Swipe", "Tap", "finish"]
     assert [s.outcome for s in result.steps] == ["ok"] * 4 + ["finished"]
     assert all(s.first_token_s is not None and s.reply_s >= s.first_token_s
-               for s in result.steps)
+               and s.screen_s > 0 and s.action_s >= 0 for s in result.steps)
     # the gestures, in pixels of the 1080x2400 screen; the swipe's duration from its length
     assert phone.log == [("launch", "Settings"), ("type", "Wi-Fi"),
                          ("swipe", 540, 1920, 540, 480, 1547), ("tap", 54, 192)]
@@ -106,6 +106,19 @@ def test_a_refused_gesture_does_not_end_the_run(tmp_path):
         result = run_agent(url, SimulatedPhone())
     assert result.status == "finished"
     assert result.steps[0].outcome.startswith("device refused: no app named 'Twitter'")
+
+
+def test_wait_and_the_settle_delay_sleep(tmp_path):
+    slept = []
+    replies = ['do(action="Wait", duration="2 seconds")', 'do(action="Home")',
+               'finish(message="ok")']
+    with scripted_server(tmp_path, replies) as (url, _):
+        chat = ChatClient(url, "autoglm-phone-9b")
+        result = PhoneAgent(chat, SimulatedPhone(), AgentOptions(
+            action_delay_s=0.5, sleep=slept.append)).run(TASK)
+        chat.close()
+    assert result.status == "finished"
+    assert slept == [2.0, 0.5, 0.5]      # the wait itself, then the delay after each action
 
 
 def test_a_sensitive_tap_waits_for_the_user(tmp_path):
@@ -150,6 +163,7 @@ def test_the_command_line(tmp_path):
     assert lines[0] == f"agent: simulated phone 1080x2400, server {url} (model autoglm-phone-9b)"
     assert lines[-1] == "finished after 5 steps: Typed Wi-Fi in Settings"
     assert '  do(action="Type", text="Wi-Fi")  -> ok' in lines
+    assert lines[1].startswith("step 1  [Home]  screen ") and "first token" in lines[1]
     run = json.loads(log.read_text())
     assert run["status"] == "finished" and len(run["steps"]) == 5
     assert sorted(p.name for p in screens.iterdir()) == [f"step-00{i}.png" for i in range(1, 6)]
