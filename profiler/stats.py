@@ -250,15 +250,21 @@ def overhead_segments(spans: Sequence[Span]) -> dict[str, int]:
 
 
 def overhead_breakdown(spans: Iterable[Span], request_ids: Iterable[str] | None = None) -> dict:
-    """Mean overhead per request by where it went (ms), largest first, over the requests
-    with a complete receive..response_sent span pair."""
+    """Overhead per request by where it went, over the requests with a complete
+    receive..response_sent span pair: the mean (ms; the means add up to the mean overhead)
+    and the median (a place a request did not pass counts 0 for it), largest mean first.
+    The median is the typical request's; a mean above it says a few requests waited there,
+    e.g. behind another request's model step."""
     groups = by_request(spans)
     ids = list(groups) if request_ids is None else [r for r in request_ids if r in groups]
     done = [r for r in ids if r and request_timing(r, groups[r]).complete]
-    total: dict[str, int] = defaultdict(int)
+    per_place: dict[str, list[int]] = defaultdict(list)
     for r in done:
         for k, v in overhead_segments(groups[r]).items():
-            total[k] += v
+            per_place[k].append(v)
     n = max(1, len(done))
+    order = sorted(per_place, key=lambda k: -sum(per_place[k]))
     return {"requests": len(done),
-            "mean_ms": {k: v / n / 1e6 for k, v in sorted(total.items(), key=lambda kv: -kv[1])}}
+            "mean_ms": {k: sum(per_place[k]) / n / 1e6 for k in order},
+            "p50_ms": {k: float(np.median(per_place[k] + [0] * (n - len(per_place[k])))) / 1e6
+                       for k in order}}

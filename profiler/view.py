@@ -57,4 +57,22 @@ def overhead_lines(report: dict) -> str:
     if h["count"]:
         out.append(f"  shm hand-off p50 {h['p50_ms'] * 1e3:.1f} us  p99 {h['p99_ms'] * 1e3:.1f} us"
                    f"  ({h['count']} hand-offs)")
+    places = report.get("overhead_by_place")
+    if places and places["requests"]:
+        out += place_lines(places)
     return "\n".join(out)
+
+
+def place_lines(places: dict, shown: int = 8) -> list[str]:
+    """Where the overhead went, largest mean first: "in X" inside a span that is not model
+    compute, "A -> B" between two spans (a hand-off, the gap between two decode steps)."""
+    means, medians = places["mean_ms"], places["p50_ms"]
+    names = list(means)
+    width = max(len(k) for k in names[:shown + 1])
+    out = [f"  where it goes, per request {'':{max(0, width - 23)}s}  mean       p50"]
+    out += [f"    {k:{width}s} {means[k]:7.3f} ms {medians[k]:7.3f} ms" for k in names[:shown]]
+    rest = names[shown:]
+    if rest:
+        label = f"{len(rest)} more places"
+        out.append(f"    {label:{width}s} {sum(means[k] for k in rest):7.3f} ms")
+    return out

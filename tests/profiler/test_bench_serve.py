@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -131,6 +132,14 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
     assert header["instance"] == instance
     assert {s.request_id for s in spans} == set(res["request_ids"])
     assert overhead_report(spans)["overhead"] == ov["overhead"]
+    # where it went: the means add up to the mean overhead, and the text shows the largest
+    from profiler.stats import overhead_breakdown
+    places = ov["overhead_by_place"]
+    assert places == json.loads(json.dumps(overhead_breakdown(spans)))
+    assert sum(places["mean_ms"].values()) == pytest.approx(ov["overhead"]["mean_ms"])
+    top = next(iter(places["mean_ms"]))
+    assert "where it goes, per request" in r.stdout
+    assert re.search(rf"^    {re.escape(top)} +{places['mean_ms'][top]:7.3f} ms", r.stdout, re.M)
 
 
 def test_client_priority_idle_runs_the_client_at_sched_idle(paced_server, tmp_path):

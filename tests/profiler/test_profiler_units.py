@@ -10,7 +10,8 @@ from conftest import unique_instance
 
 from profiler.recording import read_recording, write_recording
 from profiler.spans import Span
-from profiler.stats import overhead_report, request_hops, summarize_ns, union_ns
+from profiler.stats import overhead_breakdown, overhead_report, overhead_segments, request_hops, \
+    request_timing, summarize_ns, union_ns
 
 MS = 1_000_000
 
@@ -61,6 +62,52 @@ def test_overhead_is_e2e_minus_compute_union():
     assert rep["overhead"]["p50_ms"] == pytest.approx(5)
     assert rep["shm_handoff"]["p50_ms"] == pytest.approx(0.05)
     assert overhead_report(spans, request_ids=["other"])["requests"] == 0
+
+
+def _text_request(rid, hop_ms):
+    """A text request's spans, the admission hop hop_ms long (times in ms)."""
+    t = hop_ms - 0.45        # everything from the admission on moves by the hop's excess
+    return [sp("gateway.receive", "gateway", 0, 1, rid), sp("gateway.media_decode", "gateway", 1, 1.4, rid),
+            sp("gateway.shm_write", "gateway", 1.5, 1.55, rid),
+            sp("decision.admission", "decision", 2 + t, 2.1 + t, rid),
+            sp("decision.prefill", "decision", 2.1 + t, 5 + t, rid),
+            sp("decision.first_token", "decision", 5.05 + t, 5.05 + t, rid),
+            sp("decision.token", "decision", 5.3 + t, 8 + t, rid),
+            sp("decision.token", "decision", 8.1 + t, 11 + t, rid),
+            sp("decision.last_token", "decision", 11.05 + t, 11.05 + t, rid),
+            sp("gateway.response_sent", "gateway", 11.5 + t, 11.6 + t, rid)]
+
+
+def test_overhead_segments_say_where_each_gap_went():
+    spans = _text_request("r", 0.45)
+    seg = {k: v / MS for k, v in overhead_segments(spans).items()}
+    assert seg == pytest.approx({
+        "in gateway.receive": 1.0, "in gateway.media_decode": 0.4,
+        "gateway.media_decode -> gateway.shm_write": 0.1, "in gateway.shm_write": 0.05,
+        "gateway.shm_write -> decision.admission": 0.45, "in decision.admission": 0.1,
+        "decision.prefill -> decision.first_token": 0.05,
+        "decision.first_token -> decision.token": 0.25,
+        "decision.token -> decision.token": 0.1, "decision.token -> decision.last_token": 0.05,
+        "decision.last_token -> gateway.response_sent": 0.45, "in gateway.response_sent": 0.1})
+    # the parts add up to the request's overhead: end to end minus the union of compute
+    assert sum(seg.values()) == pytest.approx(request_timing("r", spans).overhead_ns / MS)
+    assert sum(seg.values()) == pytest.approx(11.6 - (2.9 + 2.7 + 2.9))
+
+
+def test_overhead_breakdown_gives_mean_and_median_per_place():
+    # two requests admitted at once, one that waited 4 ms (behind another request's step)
+    spans = _text_request("a", 0.45) + _text_request("b", 0.45) + _text_request("c", 4.45)
+    spans.append(sp("vision.resize", "vision", 1.45, 1.5, "c"))   # only c passes there
+    br = overhead_breakdown(spans, request_ids=["a", "b", "c", "unknown"])
+    assert br["requests"] == 3
+    hop = "gateway.shm_write -> decision.admission"
+    assert br["mean_ms"][hop] == pytest.approx((0.45 + 0.45 + 4.45) / 3)
+    assert br["p50_ms"][hop] == pytest.approx(0.45)
+    assert br["p50_ms"]["in vision.resize"] == 0 and br["mean_ms"]["in vision.resize"] > 0
+    assert list(br["mean_ms"])[0] == hop          # largest mean first
+    assert list(br["p50_ms"]) == list(br["mean_ms"])
+    mean_overhead = overhead_report(spans, request_ids=["a", "b", "c"])["overhead"]["mean_ms"]
+    assert sum(br["mean_ms"].values()) == pytest.approx(mean_overhead)
 
 
 def test_recording_round_trip_and_errors(tmp_path):
