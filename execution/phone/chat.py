@@ -48,7 +48,11 @@ class ChatClient:
                 if r.status_code != 200:
                     raise ChatError(f"{url} answered {r.status_code}: {_error_message(r)}")
                 for data in _sse_data(r.iter_lines()):
-                    chunk = json.loads(data)
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise ChatError(f"{url} sent an event that is not JSON: "
+                                        f"{data[:200]!r}") from None
                     if "error" in chunk:     # a failure after the stream began
                         raise ChatError(f"the server failed mid-reply: "
                                         f"{chunk['error'].get('message', chunk['error'])}")
@@ -60,8 +64,10 @@ class ChatClient:
                                 first = time.monotonic() - t0
                             parts.append(text)
                         finish = choice.get("finish_reason") or finish
-        except httpx.HTTPError as e:
+        except httpx.ConnectError as e:
             raise ChatError(f"cannot reach {url}: {e}") from None
+        except httpx.HTTPError as e:
+            raise ChatError(f"the request to {url} failed: {type(e).__name__}: {e}") from None
         return Reply("".join(parts), first, time.monotonic() - t0, finish)
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ body is appended to a JSONL file, to check what the agent sent.
 
 REPLIES.json: a list; a string is streamed as the reply (its first half as reasoning_content,
 the rest as content, a few characters per chunk), {"status": 400, "message": "..."} is
-answered as an OpenAI error. Prints "PORT <n>" once listening on 127.0.0.1.
+answered as an OpenAI error, {"raw": "..."} streams those bytes as they are. Prints "PORT <n>" once listening on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def build_app(replies: list, requests_path: str):
             f.write(json.dumps(body) + "\n")
         i, state["n"] = state["n"], state["n"] + 1
         reply = replies[i] if i < len(replies) else {"status": 500, "message": "no more replies"}
+        if isinstance(reply, dict) and "raw" in reply:
+            return StreamingResponse(iter([reply["raw"].encode()]), media_type="text/event-stream")
         if isinstance(reply, dict):
             return JSONResponse({"error": {"message": reply["message"], "type": "invalid_request_error",
                                            "param": None, "code": None}}, status_code=reply["status"])

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,8 @@ def test_ends_on_no_action_server_error_hand_over_and_max_steps(tmp_path):
         (["I am not sure what to do."], {}, "no_action", "step 1: not a do(...)", 1, 1),
         ([{"status": 400, "message": "Image too small"}], {}, "server_error",
          "answered 400: Image too small", 1, 0),
+        ([{"raw": "data: {not json\n\n"}], {}, "server_error", "sent an event that is not JSON",
+         1, 0),
         (['do(action="Take_over", message="Log in please")'], {}, "taken_over",
          "handed over to the user: Log in please", 1, 1),
         (['do(action="Back")'] * 3, {"max_steps": 2}, "max_steps", "no finish within 2 steps",
@@ -176,3 +179,12 @@ def test_the_command_line(tmp_path):
     assert r.returncode == 1
     assert "(no terminal to ask: taken as no)" in r.stderr
     assert r.stderr.splitlines()[-1] == "declined after 1 step: the user declined: Delete all"
+
+    with socket.socket() as s:              # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", TASK, "--base-url", nobody],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1].startswith(
+        f"server error after 0 steps: cannot reach {nobody}/chat/completions: ")
