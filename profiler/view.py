@@ -68,6 +68,8 @@ def place_lines(places: dict, shown: int = 8) -> list[str]:
     compute, "A -> B" between two spans (a hand-off, the gap between two decode steps)."""
     means, medians = places["mean_ms"], places["p50_ms"]
     names = list(means)
+    if not names:
+        return []
     width = max(len(k) for k in names[:shown + 1])
     out = [f"  where it goes, per request {'':{max(0, width - 23)}s}  mean       p50"]
     out += [f"    {k:{width}s} {means[k]:7.3f} ms {medians[k]:7.3f} ms" for k in names[:shown]]
