@@ -617,8 +617,6 @@ def run_cli(args) -> int:
         from profiler.stats import overhead_report
         from profiler.view import overhead_lines
 
-        from profiler.stats import overhead_breakdown
-
         ids = [o.request_id for o in outputs if o.success and o.request_id]
         report = overhead_report(spans, request_ids=ids)
         report["spans_received"] = len(spans)
@@ -629,7 +627,6 @@ def run_cli(args) -> int:
             n = write_recording(args.record, [s for s in spans if s.request_id in keep],
                                 instance=args.instance)
             print(f"recorded {n} spans of {len(keep)} requests to {args.record}", file=sys.stderr)
-        report["overhead_by_place"] = overhead_breakdown(spans, request_ids=ids)
         result["pipeline_overhead"] = report
         print(overhead_lines(report))
         if not report["requests"]:

@@ -185,6 +185,7 @@ def overhead_report(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES,
         "shm_handoff_by_span": {name: s.to_json_obj() for name, s in stage_table(
             [s for r in ids for s in groups[r] if s.name in SHM_HANDOFF_SPANS],
             percentiles).items()},
+        "overhead_by_place": _breakdown(groups, ids),
     }
 
 
@@ -254,10 +255,13 @@ def overhead_breakdown(spans: Iterable[Span], request_ids: Iterable[str] | None 
     receive..response_sent span pair: the mean (ms; the means add up to the mean overhead)
     and the median (a place a request did not pass counts 0 for it), largest mean first.
     The median is the typical request's; a mean above it says a few requests waited there,
-    e.g. behind another request's model step."""
+    e.g. behind another request's model step. (overhead_report holds it too.)"""
     groups = by_request(spans)
-    ids = list(groups) if request_ids is None else [r for r in request_ids if r in groups]
-    done = [r for r in ids if r and request_timing(r, groups[r]).complete]
+    return _breakdown(groups, list(groups) if request_ids is None else request_ids)
+
+
+def _breakdown(groups: dict[str, list[Span]], request_ids: Iterable[str]) -> dict:
+    done = [r for r in request_ids if r and r in groups and request_timing(r, groups[r]).complete]
     per_place: dict[str, list[int]] = defaultdict(list)
     for r in done:
         for k, v in overhead_segments(groups[r]).items():
