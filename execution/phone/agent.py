@@ -64,6 +64,7 @@ class AgentOptions:
     hand_over: Callable[[str], bool] = lambda message: False
     on_step: Callable[[Step], None] = lambda step: None
     on_screen: Callable[[int, Screenshot], None] = lambda index, shot: None
+    on_text: Callable[[str], None] | None = None     # each piece of a reply as it streams
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -93,7 +94,7 @@ class PhoneAgent:
             turn = (prompt.first_turn(shot.png, task, app) if index == 1
                     else prompt.next_turn(shot.png, app))
             try:
-                reply = self.chat.complete(history + [turn])
+                reply = self.chat.complete(history + [turn], opts.on_text)
             except ChatError as e:
                 return RunResult("server_error", str(e), result.steps)
             thinking, action_text = split_reply(reply.text)

@@ -38,7 +38,8 @@ class ChatClient:
         self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=10))
         self.sampling = {**SAMPLING, **(sampling or {})}
 
-    def complete(self, messages: list[dict]) -> Reply:
+    def complete(self, messages: list[dict], on_text=None) -> Reply:
+        """The whole reply; ``on_text(piece)`` is called with each piece as it arrives."""
         body = {"model": self.model, "messages": messages, "stream": True, **self.sampling}
         url = self.base_url + "/chat/completions"
         t0 = time.monotonic()
@@ -63,6 +64,8 @@ class ChatClient:
                             if first is None:
                                 first = time.monotonic() - t0
                             parts.append(text)
+                            if on_text is not None:
+                                on_text(text)
                         finish = choice.get("finish_reason") or finish
         except httpx.ConnectError as e:
             raise ChatError(f"cannot reach {url}: {e}") from None

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                         "default: the project's own")
     p.add_argument("--yes", action="store_true",
                    help="confirm sensitive taps without asking")
+    p.add_argument("--live", action="store_true",
+                   help="print each reply as it streams in")
     p.add_argument("--log", metavar="FILE", default=None,
                    help="write the run (every step's thinking, action, outcome, timings) as JSON")
     p.add_argument("--screens", metavar="DIR", default=None,
@@ -83,9 +85,10 @@ def _agent(args) -> int:
 
     def on_step(step) -> None:
         first = f" (first token {step.first_token_s:.2f})" if step.first_token_s else ""
-        print(f"step {step.index}  [{step.app}]  screen {step.screen_s:.2f} s, reply "
+        print(("\n" if args.live else "") +
+              f"step {step.index}  [{step.app}]  screen {step.screen_s:.2f} s, reply "
               f"{step.reply_s:.2f} s{first}, action {step.action_s:.2f} s")
-        if step.thinking:
+        if step.thinking and not args.live:
             print(f"  think: {_one_line(step.thinking)}")
         print(f"  {_one_line(step.action_text) or '(no action)'}  -> {step.outcome}", flush=True)
 
@@ -95,6 +98,7 @@ def _agent(args) -> int:
         system_prompt=system,
         confirm=(lambda m: True) if args.yes else _ask_confirm,
         hand_over=_ask_hand_over, on_step=on_step,
+        on_text=(lambda piece: print(piece, end="", flush=True)) if args.live else None,
         on_screen=(lambda i, shot: (screens / f"step-{i:03d}.png").write_bytes(shot.png))
         if screens else (lambda i, shot: None))
     chat = ChatClient(args.base_url, args.model, args.api_key,

@@ -171,6 +171,14 @@ def test_the_command_line(tmp_path):
     assert run["status"] == "finished" and len(run["steps"]) == 5
     assert sorted(p.name for p in screens.iterdir()) == [f"step-00{i}.png" for i in range(1, 6)]
 
+    with scripted_server(tmp_path, REPLIES) as (url, _):
+        live = subprocess.run([sys.executable, "-m", "launch.cli", "agent", TASK, "--base-url",
+                               url, "--live"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    assert live.returncode == 0 and "think:" not in live.stdout
+    for reply in REPLIES:          # every reply printed whole, as it streamed in
+        assert reply in live.stdout
+
     with scripted_server(tmp_path, ['do(action="Tap", element=[1, 2], message="Delete all")']) \
             as (url, _):
         r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", TASK, "--base-url", url],
