@@ -373,17 +373,16 @@ class SSEResponse:
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]}
 
         async def pump():
-            # The headers go out with the first chunk: sent first, their socket write came
-            # before the request's submission, which happens on the way to the first chunk.
-            started = ended = False
+            # The headers at once, while the pipeline works on the request, as vLLM does: a
+            # client sets up its response when they arrive (the openai SDK returns the stream
+            # then); sent with the first chunk, that set-up lay on the first token's way, 0.6
+            # ms of it on the 2-core VM, for text and screenshots alike
+            # (benchmarks/results/serve-cpu-headers-first-ab.json).
+            await send(start)
+            ended = False
             async for chunk in self.chunks:
-                if not started:
-                    await send(start)
-                    started = True
                 ended = isinstance(chunk, FinalChunk)  # the source's last (it ends after it)
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-            if not started:
-                await send(start)
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -180,6 +180,25 @@ def test_logprobs(glm_tok):
                if e["choices"][0]["logprobs"]) == len(ids) + 1
 
 
+def test_stream_headers_come_before_the_first_token(glm_tok):
+    """The response starts while the pipeline still works on the request: a client sets up
+    its response on the headers, off the first token's way."""
+    pipe = ScriptedPipeline(glm_tok, "hello world", delay=0.5)     # each token 0.5 s apart
+    with running_gateway(glm_tok, pipe) as (url, _):
+        body = {"model": "autoglm-phone-9b", "stream": True,
+                "messages": [{"role": "user", "content": "hi"}]}
+        t0 = time.monotonic()
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+            t_headers = time.monotonic() - t0
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            first = next(l for l in lines if l.startswith("data:"))
+            t_first = time.monotonic() - t0
+    assert t_headers < 0.4 <= t_first      # the first token takes 0.5 s; the headers do not
+    assert json.loads(first[5:])["choices"][0]["delta"]["role"] == "assistant"
+
+
 def test_return_tokens_as_token_ids(glm_tok):
     """vLLM's extension: logprobs name every token, alternatives too, as "token_id:N"."""
     pipe = ScriptedPipeline(glm_tok, "hello world")
