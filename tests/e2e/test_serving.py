@@ -118,12 +118,16 @@ def test_phone_agent_against_the_pipeline(pipeline, tmp_path):
     """`autoglm agent` on the simulated phone: its screenshot goes through the whole pipeline,
     and the reply it reads is the server's own answer to the same request. The embedded
     model's weights are random, so that reply is no action and the run stops, saying so."""
+    from datetime import date
+
     from execution.phone import prompt
     from execution.phone.device import SimulatedPhone
 
-    log = tmp_path / "run.json"
+    log, system = tmp_path / "run.json", tmp_path / "system.txt"
+    system.write_text(prompt.system_prompt(date(2026, 12, 5)))     # the same text both ways
     r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", "Open Settings",
-                        "--base-url", pipeline.url + "/v1", "--max-tokens", "8", "--log", str(log)],
+                        "--base-url", pipeline.url + "/v1", "--max-tokens", "8", "--log", str(log),
+                        "--system-prompt", str(system)],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     run = json.loads(log.read_text())
     assert r.returncode == 1 and run["status"] == "no_action", r.stdout + r.stderr
@@ -131,7 +135,7 @@ def test_phone_agent_against_the_pipeline(pipeline, tmp_path):
     (step,) = run["steps"]
     assert step["app"] == "Home" and step["first_token_s"] > 0 and step["reply"]
     phone = SimulatedPhone()
-    messages = [{"role": "system", "content": prompt.system_prompt()},
+    messages = [{"role": "system", "content": system.read_text()},
                 prompt.first_turn(phone.screenshot().png, "Open Settings", phone.current_app())]
     direct = httpx.post(pipeline.url + "/v1/chat/completions", timeout=120, json={
         "model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0.0,
