@@ -15,7 +15,6 @@ if os.environ.get("FAKE_ADB_FAIL"):
 if args[:2] == ["-s", "emu-1"]:
     args = args[2:]
 answers = {
-    ("exec-out", "screencap", "-p"): None,
     ("shell", "dumpsys", "window"):
         "  mCurrentFocus=Window{1a2b u0 com.android.settings/com.android.settings.Settings}\n",
     ("shell", "settings", "get", "secure", "default_input_method"):
