@@ -31,7 +31,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoglm",
-        description="AutoGLM-Phone-9B pipeline: launch it, inspect it, measure it.",
+        description="AutoGLM-Phone-9B pipeline: launch it, inspect it, measure it, run the phone agent on it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
