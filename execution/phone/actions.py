@@ -47,14 +47,13 @@ class ActionError(ValueError):
 class Action:
     name: str                      # "Tap", ..., or "finish"
     args: dict = field(default_factory=dict)
-    text: str = ""                 # the call as the model wrote it
 
     @property
     def is_finish(self) -> bool:
         return self.name == "finish"
 
     def point(self, key: str = "element") -> tuple[int, int]:
-        return tuple(self.args[key])
+        return self.args[key]
 
     def wait_seconds(self) -> float:
         """Wait's duration: a number or "3 seconds" (as the model writes it), capped."""
@@ -117,7 +116,7 @@ def parse_action(text: str) -> Action:
         except ValueError:
             raise ActionError(f"argument {kw.arg!r} is not a literal: {_short(text)}") from None
     if call.func.id == "finish":
-        return Action("finish", {"message": str(args.get("message", ""))}, text)
+        return Action("finish", {"message": str(args.get("message", ""))})
     name = args.pop("action", None)
     if name not in ACTIONS:
         raise ActionError(f"unknown action {name!r}; known: {', '.join(ACTIONS)}")
@@ -131,7 +130,7 @@ def parse_action(text: str) -> Action:
     for key in POINT_ARGS:
         if key in args:
             args[key] = _relative_point(name, key, args[key])
-    return Action(name, args, text)
+    return Action(name, args)
 
 
 def _relative_point(name: str, key: str, value) -> tuple[int, int]:

@@ -51,7 +51,7 @@ PARSE_CASES = [
 @pytest.mark.parametrize("text, name, args", PARSE_CASES)
 def test_parse_action(text, name, args):
     action = parse_action(text)
-    assert (action.name, action.args, action.text) == (name, args, text)
+    assert (action.name, action.args) == (name, args)
     assert action.is_finish == (name == "finish")
 
 
