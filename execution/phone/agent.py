@@ -32,6 +32,7 @@ class Step:
     outcome: str                 # "ok", "device refused: ...", or why the run ended here
     first_token_s: float | None
     reply_s: float
+    finish_reason: str | None    # the reply's: "length" when max_tokens cut it
     screen_s: float              # taking the screenshot and asking for the foreground app
     action_s: float = 0.0        # doing the gesture (not the settle delay after it)
     action: str | None = None    # the parsed action's name
@@ -99,7 +100,7 @@ class PhoneAgent:
                 return RunResult("server_error", str(e), result.steps)
             thinking, action_text = split_reply(reply.text)
             step = Step(index, app, reply.text, thinking, action_text, "ok",
-                        reply.first_token_s, reply.total_s, screen_s)
+                        reply.first_token_s, reply.total_s, reply.finish_reason, screen_s)
             result.steps.append(step)
             history += [prompt.without_image(turn), prompt.assistant_turn(thinking, action_text)]
             try:
@@ -113,8 +114,9 @@ class PhoneAgent:
                 step.outcome = self._perform(action, shot)
                 step.action_s = time.monotonic() - t0
             except ActionError as e:
-                step.outcome = f"no action: {e}"
-                return RunResult("no_action", f"step {index}: {e}", result.steps)
+                cut = " (the reply was cut at max_tokens)" if reply.finish_reason == "length" else ""
+                step.outcome = f"no action: {e}{cut}"
+                return RunResult("no_action", f"step {index}: {e}{cut}", result.steps)
             except _Stop as stop:
                 step.outcome = stop.message
                 return RunResult(stop.status, stop.message, result.steps)

@@ -141,6 +141,9 @@ def test_phone_agent_against_the_pipeline(pipeline, tmp_path):
         "model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 0.0,
         "top_p": 0.85, "frequency_penalty": 0.2}).json()
     assert direct["choices"][0]["message"]["content"] == step["reply"]
+    assert step["finish_reason"] == direct["choices"][0]["finish_reason"]
+    assert r.stderr.splitlines()[-1].endswith("(the reply was cut at max_tokens)") == (
+        step["finish_reason"] == "length")
 
     r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", "Open Settings",
                         "--base-url", pipeline.url + "/v1", "--model", "nope"],

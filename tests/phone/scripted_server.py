@@ -6,7 +6,8 @@ body is appended to a JSONL file, to check what the agent sent.
 
 REPLIES.json: a list; a string is streamed as the reply (its first half as reasoning_content,
 the rest as content, a few characters per chunk), {"status": 400, "message": "..."} is
-answered as an OpenAI error, {"raw": "..."} streams those bytes as they are. Prints "PORT <n>" once listening on 127.0.0.1.
+answered as an OpenAI error, {"raw": "..."} streams those bytes as they are, and
+{"text": "...", "finish": "length"} streams the text with that finish reason. Prints "PORT <n>" once listening on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def build_app(replies: list, requests_path: str):
         reply = replies[i] if i < len(replies) else {"status": 500, "message": "no more replies"}
         if isinstance(reply, dict) and "raw" in reply:
             return StreamingResponse(iter([reply["raw"].encode()]), media_type="text/event-stream")
-        if isinstance(reply, dict):
+        finish = "stop"
+        if isinstance(reply, dict) and "text" in reply:
+            reply, finish = reply["text"], reply["finish"]
+        elif isinstance(reply, dict):
             return JSONResponse({"error": {"message": reply["message"], "type": "invalid_request_error",
                                            "param": None, "code": None}}, status_code=reply["status"])
 
@@ -48,7 +52,7 @@ def build_app(replies: list, requests_path: str):
             for at in range(0, len(reply), 7):
                 piece = reply[at:at + 7]
                 yield chunk({"reasoning_content": piece} if at < half else {"content": piece})
-            yield chunk({}, finish="stop")
+            yield chunk({}, finish=finish)
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")

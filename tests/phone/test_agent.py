@@ -138,6 +138,8 @@ def test_ends_on_no_action_server_error_hand_over_and_max_steps(tmp_path):
     cases = [
         # (replies, options, status, message has, requests sent, steps with a reply)
         (["I am not sure what to do."], {}, "no_action", "step 1: not a do(...)", 1, 1),
+        ([{"text": "<think>Let me think about", "finish": "length"}], {}, "no_action",
+         "(the reply was cut at max_tokens)", 1, 1),
         ([{"status": 400, "message": "Image too small"}], {}, "server_error",
          "answered 400: Image too small", 1, 0),
         ([{"raw": "data: {not json\n\n"}], {}, "server_error", "sent an event that is not JSON",
