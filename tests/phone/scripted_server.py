@@ -7,14 +7,18 @@ body is appended to a JSONL file, to check what the agent sent.
 REPLIES.json: a list; a string is streamed as the reply (its first half as reasoning_content,
 the rest as content, a few characters per chunk), {"status": 400, "message": "..."} is
 answered as an OpenAI error, {"raw": "..."} streams those bytes as they are, and
-{"text": "...", "finish": "length"} streams the text with that finish reason. Prints "PORT <n>" once listening on 127.0.0.1.
+{"text": "...", "finish": "length"} streams the text with that finish reason. Prints
+"PORT <n>" once listening on 127.0.0.1.
 """
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.sse_server import chunk_event, serve_on_free_port  # noqa: E402
 
 
 def build_app(replies: list, requests_path: str):
@@ -26,10 +30,7 @@ def build_app(replies: list, requests_path: str):
     state = {"n": 0}
 
     def chunk(delta: dict, finish=None) -> bytes:
-        c = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk",
-             "created": int(time.time()), "model": "scripted",
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return b"data: " + json.dumps(c).encode() + b"\n\n"
+        return chunk_event(delta, finish, cid="chatcmpl-scripted", model="scripted")
 
     async def chat(request: Request):
         body = await request.json()
@@ -61,16 +62,8 @@ def build_app(replies: list, requests_path: str):
 
 
 def main() -> None:
-    import uvicorn
-
     replies = json.load(open(sys.argv[1], encoding="utf-8"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    print(f"PORT {sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(build_app(replies, sys.argv[2]), log_level="warning",
-                                           lifespan="off"))
-    server.run(sockets=[sock])
+    serve_on_free_port(build_app(replies, sys.argv[2]))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.sse_server import chunk_event, serve_on_free_port  # noqa: E402
 
 
 def build_app(ttft_s: float, itl_s: float, tokens: int, usage: bool, tracer=None):
@@ -29,11 +30,8 @@ def build_app(ttft_s: float, itl_s: float, tokens: int, usage: bool, tracer=None
     from starlette.routing import Route
 
     def chunk(cid: str, delta: dict, finish=None, with_usage=False) -> bytes:
-        c = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": "paced", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        if with_usage:
-            c["usage"] = None
-        return b"data: " + json.dumps(c).encode() + b"\n\n"
+        return chunk_event(delta, finish, cid=cid, model="paced",
+                           **({"usage": None} if with_usage else {}))
 
     async def chat(request: Request):
         t_recv = time.monotonic_ns()
@@ -87,21 +85,14 @@ def main() -> None:
     ap.add_argument("--no-usage", action="store_true")
     ap.add_argument("--instance", default=None)
     a = ap.parse_args()
-    import uvicorn
-
     tracer = None
     if a.instance:
         from control.plane import ControlPlane
         from profiler.emit import SpanEmitter
 
         tracer = SpanEmitter(ControlPlane(a.instance, "paced-gateway"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)  # connections queue from now on, before uvicorn runs
-    print(f"PORT {sock.getsockname()[1]}", flush=True)
-    app = build_app(a.ttft_ms / 1e3, a.itl_ms / 1e3, a.tokens, not a.no_usage, tracer)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    server.run(sockets=[sock])
+    serve_on_free_port(build_app(a.ttft_ms / 1e3, a.itl_ms / 1e3, a.tokens, not a.no_usage,
+                                 tracer))
 
 
 if __name__ == "__main__":
