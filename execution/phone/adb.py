@@ -10,17 +10,14 @@ common apps below or in a JSON file the user passes ({"name": "package"}).
 from __future__ import annotations
 
 import base64
-import io
-import json
 import re
-import shutil
-import subprocess
 import time
 
+from .command import DeviceTool, app_lookup, black_screen, find_tool, png_screenshot, \
+    read_app_table
 from .device import HOME, DeviceError, Screenshot
 
 ADB_KEYBOARD = "com.android.adbkeyboard/.AdbIME"
-COMMAND_TIMEOUT_S = 20
 # Android packages of common apps; the model names apps as a user would.
 COMMON_APPS = {
     "settings": "com.android.settings", "设置": "com.android.settings",
@@ -47,43 +44,27 @@ _FOCUS = re.compile(r"mCurrentFocus=Window\{\S+ \S+ ([^/\s}]+)")
 
 
 def find_adb() -> str:
-    path = shutil.which("adb")
-    if path is None:
-        raise DeviceError("adb is not on PATH: install Android platform-tools, "
-                          "or use the simulated phone (--device sim)")
-    return path
+    return find_tool("adb", "install Android platform-tools")
 
 
 class AdbDevice:
     def __init__(self, serial: str | None = None, apps: dict[str, str] | None = None,
                  adb: str | None = None):
-        self._adb = [adb or find_adb(), *(["-s", serial] if serial else [])]
-        self.apps = {**COMMON_APPS, **{k.casefold(): v for k, v in (apps or {}).items()}}
+        self._adb = DeviceTool([adb or find_adb(), *(["-s", serial] if serial else [])])
+        self.apps = app_lookup(COMMON_APPS, apps)
         self._size: tuple[int, int] | None = None
 
     @classmethod
     def with_app_file(cls, serial: str | None, path: str | None) -> "AdbDevice":
-        apps = None
-        if path:
-            try:
-                apps = json.loads(open(path, encoding="utf-8").read())
-            except (OSError, ValueError) as e:
-                raise DeviceError(f"cannot read the app table {path}: {e}") from None
-            if not (isinstance(apps, dict) and all(isinstance(v, str) for v in apps.values())):
-                raise DeviceError(f"{path}: expected a JSON object of app name -> package")
-        return cls(serial, apps)
+        return cls(serial, read_app_table(path))
 
     # --- what the agent sees -----------------------------------------------------------------
     def screenshot(self) -> Screenshot:
-        png = self._run("exec-out", "screencap", "-p", binary=True)
-        if not png.startswith(b"\x89PNG"):
-            # Some screens (payment, banking) refuse capture: the phone agent sends black.
-            return self._black_screen()
-        from PIL import Image
-
-        with Image.open(io.BytesIO(png)) as img:
-            self._size = img.size
-        return Screenshot(png, *self._size)
+        shot = png_screenshot(self._run("exec-out", "screencap", "-p", binary=True))
+        if shot is None:    # the screen refused capture (payment, banking)
+            return black_screen(self._size)
+        self._size = shot.width, shot.height
+        return shot
 
     def current_app(self) -> str:
         out = self._run("shell", "dumpsys", "window")
@@ -143,24 +124,8 @@ class AdbDevice:
             raise DeviceError(f"could not launch {package}: {out.strip()[-200:]}")
 
     # --- helpers -------------------------------------------------------------------------------
-    def _black_screen(self):
-        from PIL import Image
-
-        w, h = self._size or (1080, 2400)
-        buf = io.BytesIO()
-        Image.new("RGB", (w, h)).save(buf, format="PNG")
-        return Screenshot(buf.getvalue(), w, h)
-
     def _shell(self, *args) -> None:
-        self._run("shell", *(str(a) for a in args))
+        self._adb.run("shell", *args)
 
-    def _run(self, *args: str, binary: bool = False):
-        cmd = [*self._adb, *args]
-        try:
-            done = subprocess.run(cmd, capture_output=True, timeout=COMMAND_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"`{' '.join(cmd)}` took over {COMMAND_TIMEOUT_S} s") from None
-        if done.returncode != 0:
-            why = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
-            raise DeviceError(f"`{' '.join(cmd)}` failed: {why}")
-        return done.stdout if binary else done.stdout.decode(errors="replace")
+    def _run(self, *args, binary: bool = False):
+        return self._adb.run(*args, binary=binary)

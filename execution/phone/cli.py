@@ -7,18 +7,21 @@ DEFAULT_MODEL = "autoglm-phone-9b"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "agent", help="run the phone agent: the model operates a phone (adb) or a simulated one",
+        "agent", help="run the phone agent: the model operates a phone (adb, hdc) or a "
+                      "simulated one",
         description="Runs a task on a phone: at each step the current screenshot goes to the "
                     "server's chat completions, and the one action of the reply (tap, swipe, "
                     "type, launch, back, ...) is done on the phone, until the model calls "
                     "finish. Exit status 0 when it finished, 1 otherwise.")
     p.add_argument("task", help="what to do, in words, e.g. 'Open Settings and turn on Wi-Fi'")
-    p.add_argument("--device", choices=("sim", "adb"), default="sim",
+    p.add_argument("--device", choices=("sim", "adb", "hdc"), default="sim",
                    help="sim: a simulated phone in this process (default); adb: an Android "
-                        "phone or emulator through adb")
-    p.add_argument("--serial", default=None, help="adb: the device's serial (adb -s)")
+                        "phone or emulator through adb; hdc: a HarmonyOS phone through hdc")
+    p.add_argument("--serial", default=None,
+                   help="the phone's serial where several are attached (adb -s, hdc -t)")
     p.add_argument("--apps", metavar="FILE", default=None,
-                   help="adb: JSON object of app name -> package, for Launch")
+                   help="JSON object of app name -> Android package (adb) or HarmonyOS bundle "
+                        "or bundle/ability (hdc), for Launch, over the built-in table")
     p.add_argument("--base-url", default=DEFAULT_BASE_URL,
                    help=f"the OpenAI-compatible server (default {DEFAULT_BASE_URL})")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name ({DEFAULT_MODEL})")
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
                    help="per reply (default 3000, as the Open-AutoGLM client asks)")
     p.add_argument("--action-delay", type=float, default=None, metavar="S",
                    help="seconds to let the screen settle after each action "
-                        "(default 1 with adb, 0 on the simulated phone)")
+                        "(default 1 on a phone, 0 on the simulated phone)")
     p.add_argument("--system-prompt", metavar="FILE", default=None,
                    help="the system prompt's text ({today} is replaced by the date); "
                         "default: the project's own")
@@ -68,14 +71,16 @@ def _agent(args) -> int:
         except OSError as e:
             raise SystemExit(f"autoglm agent: cannot read --system-prompt: {e}") from None
         system = system.replace("{today}", date.today().isoformat())
-    if args.device == "adb":
+    if args.device in ("adb", "hdc"):
         from .adb import AdbDevice
+        from .hdc import HdcDevice
 
+        kind = AdbDevice if args.device == "adb" else HdcDevice
         try:
-            device = AdbDevice.with_app_file(args.serial, args.apps)
+            device = kind.with_app_file(args.serial, args.apps)
         except DeviceError as e:
             raise SystemExit(f"autoglm agent: {e}") from None
-        what, delay = f"adb device {args.serial or '(the only one attached)'}", 1.0
+        what, delay = f"{args.device} device {args.serial or '(the only one attached)'}", 1.0
     else:
         device, delay = SimulatedPhone(), 0.0
         what = f"simulated phone {device.width}x{device.height}"

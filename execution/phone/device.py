@@ -1,10 +1,11 @@
 """What the agent drives: a phone that takes screenshots and pixel-coordinate gestures.
 
-Two devices: ``AdbDevice`` (execution/phone/adb.py), a real Android phone or emulator over
-adb, and ``SimulatedPhone`` here: a small phone kept in memory (a home screen of apps, an app
-stack, a text field per app) whose screenshots are drawn from its state. It lets the whole
-loop (screenshot -> model -> action -> new screen) run where no phone is attached, and its
-``log`` says exactly which gestures arrived.
+Three devices: ``AdbDevice`` (execution/phone/adb.py), a real Android phone or emulator over
+adb, ``HdcDevice`` (hdc.py), a HarmonyOS phone over hdc, and ``SimulatedPhone`` here: a small
+phone kept in memory (a home screen of apps, an app stack, a text field per app) whose
+screenshots are drawn from its state. It lets the whole loop (screenshot -> model -> action
+-> new screen) run where no phone is attached, and its ``log`` says exactly which gestures
+arrived.
 """
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,25 +20,8 @@ REPO = HERE.parents[1]
 
 
 @pytest.fixture
-def fake_adb(tmp_path, monkeypatch):
-    """An `adb` on PATH that records its calls; returns a function that reads them."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_adb.py'} \"$@\"\n")
-    adb.chmod(0o755)
-    png = tmp_path / "screen.png"
-    Image.new("RGBA", (720, 1600), (10, 20, 30, 255)).save(png)
-    log = tmp_path / "adb.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("FAKE_ADB_PNG", str(png))
-
-    def calls():
-        lines = log.read_text().splitlines() if log.exists() else []
-        log.write_text("")
-        return [json.loads(l) for l in lines]
-    return calls
+def fake_adb(fake_tool):
+    return fake_tool("adb")
 
 
 def test_screen_and_foreground_app(fake_adb):
@@ -97,7 +79,7 @@ def test_launch_by_name_package_or_app_table(fake_adb, tmp_path):
 
 
 def test_adb_failure_is_a_device_error(fake_adb, monkeypatch):
-    monkeypatch.setenv("FAKE_ADB_FAIL", "1")
+    monkeypatch.setenv("FAKE_TOOL_FAIL", "1")
     with pytest.raises(DeviceError, match="screencap -p` failed: error: no devices"):
         AdbDevice().screenshot()
 
