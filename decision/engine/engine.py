@@ -267,7 +267,7 @@ class LLMEngine:
         sampling = [c for c in chunks if c.samples]
         for c in chunks:
             c.request.num_computed = c.end
-            if c.is_decode:
+            if c.start >= c.request.num_prompt:
                 self.stats.decode_tokens += 1
             else:
                 self.stats.prefill_tokens_computed += c.num_new
@@ -332,7 +332,8 @@ class LLMEngine:
         """
         bs = self.config.block_size
         decodes = [c for c in chunks if c.is_decode]
-        if self.graphs is not None and len(decodes) == len(chunks):
+        if self.graphs is not None and len(decodes) == len(chunks) \
+                and not any(c.has_given_rows for c in chunks):   # the graphs embed ids only
             out = self.graphs.try_run(
                 ids=device_ids if device_ids is not None
                 else [c.request.token_ids(c.start, c.end)[0] for c in chunks],
@@ -343,7 +344,7 @@ class LLMEngine:
             if out is not None:
                 self.stats.graph_steps += 1
                 return out
-        ids, positions, slots, sample_rows, prefill = [], [], [], [], []
+        ids, positions, slots, sample_rows, prefill, given = [], [], [], [], [], []
         row = 0
         for c in chunks:
             req = c.request
@@ -353,6 +354,8 @@ class LLMEngine:
             slots.extend(req.blocks[t // bs] * bs + t % bs for t in range(c.start, c.end))
             if not c.is_decode:
                 prefill.append((c, row))
+            if c.has_given_rows:
+                given.append((c, row))
             row += c.num_new
             if c.samples:
                 sample_rows.append(row - 1)
@@ -360,7 +363,7 @@ class LLMEngine:
         ids_t = device_ids if device_ids is not None \
             else _to_device(torch.tensor(ids, dtype=torch.long), dev)
         embeds = self.model.embed(ids_t)
-        for c, start in prefill:
+        for c, start in given:
             for offsets, rows in c.request.embedding_rows(c.start, c.end, dev):
                 embeds[_to_device(offsets + start, dev)] = rows.to(embeds.dtype)
         table = lens = None

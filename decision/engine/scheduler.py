@@ -35,7 +35,17 @@ class ScheduledChunk:
 
     @property
     def is_decode(self) -> bool:
+        """One row after computed ones: attended as a decode (a generated token, or a prompt's
+        last row past a cached prefix or a chunk boundary)."""
         return self.num_new == 1 and self.start > 0
+
+    @property
+    def has_given_rows(self) -> bool:
+        """Covers prompt rows whose embeddings may come from elsewhere than the token table
+        (an image's or audio's, or the request's inputs_embeds)."""
+        r = self.request
+        return self.start < r.num_prompt and (r.inputs_embeds is not None
+                                              or bool(r.modality_positions))
 
 
 class Scheduler:
@@ -94,7 +104,10 @@ class Scheduler:
             self._allocate(req, req.num_computed + n)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            prefills.append(ScheduledChunk(req, req.num_computed, n))
+            # One row past a cached prefix is decode-shaped: it goes with the decodes, whose
+            # rows the step lays out first (the attention reads them by that order).
+            chunk = ScheduledChunk(req, req.num_computed, n)
+            (decodes if chunk.is_decode else prefills).append(chunk)
             budget -= n
         return decodes + prefills
 

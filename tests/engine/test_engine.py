@@ -109,6 +109,43 @@ def test_prefix_cache_hit_gives_the_same_tokens_and_skips_compute(checkpoint, de
     assert out2["again"] == out["second"]
 
 
+def test_one_row_past_a_cached_prefix_in_a_step_with_other_prompts(checkpoint, decoder):
+    """A prompt whose cached blocks leave one row to compute is attended as a decode; admitted
+    in the same step after another prompt, it must still be laid out with the decodes (it was
+    not: its row went unattended and the other prompt's first row was read as a decode)."""
+    _, hf = checkpoint
+    target, other = prompts(4 * 5 + 1, 9, seed=8)
+    engine = make_engine(decoder)
+    engine.add_request("fill", target, SamplingParams(max_tokens=1))
+    run_to_end(engine)                                 # its 5 full blocks are now cached
+    engine.add_request("other", other, SamplingParams(max_tokens=6))
+    engine.add_request("t", target, SamplingParams(max_tokens=6))
+    computed = engine.stats.prefill_tokens_computed
+    out, _ = run_to_end(engine)
+    assert engine.stats.prefill_tokens_computed - computed == len(other) + 1
+    assert out["t"] == hf_greedy(hf, target, 6)
+    assert out["other"] == hf_greedy(hf, other, 6)
+
+
+def test_one_image_row_past_a_cached_prefix_keeps_its_embedding(checkpoint, decoder):
+    """The one row left to compute can be an image row: it takes the image's embedding, not
+    the placeholder token's."""
+    prompt = [7, 8, 9, 10, 502] + [IMAGE_TOKEN] * 4            # 9 rows: 2 blocks + 1
+    emb = torch.randn(4, 128, generator=torch.Generator().manual_seed(11))
+
+    def run(engine, rid):
+        engine.add_request(rid, prompt, SamplingParams(max_tokens=5),
+                           modalities=[ModalityInput("im", [5, 6, 7, 8])])
+        engine.provide_modality(rid, "im", emb)
+        return run_to_end(engine)[0][rid]
+
+    engine = make_engine(decoder)
+    whole = run(engine, "whole")
+    before = engine.stats.prefill_tokens_computed
+    assert run(engine, "cached") == whole
+    assert engine.stats.prefill_tokens_computed - before == 1
+
+
 def test_text_layout_is_explicit_positions_0_to_p(checkpoint, decoder):
     """A text request keeps no position tensor (the layout is implied); its blocks are still
     those of a request giving positions 0..P-1 explicitly (a screenshot request's
