@@ -186,6 +186,12 @@ class Gateway:
                 return _traced(self._from_cache(chat, completion_id, hit), self.client,
                                completion_id)
 
+        if request_id is not None and self.client.in_flight(request_id):
+            # A request's events, and its cancellation, go by its id. Checked here, with no
+            # await before the submission, so two requests named alike cannot both pass.
+            return error_response(invalid(
+                f"X-Request-Id {request_id!r} names a request still in progress: ids must be "
+                "unique among the requests in flight", param="X-Request-Id"))
         totals = GenerationTotals()
         # Submitted here: the pipeline works on it while the response is set up.
         generation = Generation(self.client, req, self._decode, options, totals)

@@ -133,6 +133,11 @@ class PipelineClient(Protocol):
         """Stop generating for this request (client gone, stop string); idempotent."""
         ...
 
+    def in_flight(self, request_id: str) -> bool:
+        """A request of this id was submitted and has not ended (ids must be unique among
+        those in flight: a request's token events are found by its id)."""
+        ...
+
     async def inject(self, request_id: str, token_ids: tuple[int, ...]) -> None:
         """Append these ids to the running sequence as if sampled (only if supports_injection)."""
         ...

@@ -268,6 +268,9 @@ class ShmPipelineClient:
         finally:
             self._forget(req.request_id)
 
+    def in_flight(self, request_id: str) -> bool:
+        return request_id in self._by_id
+
     def _forget(self, request_id: str) -> None:
         key = self._by_id.pop(request_id, None)
         if key is not None:

@@ -25,6 +25,7 @@ class ScriptedPipeline:
         self.cancelled: list[str] = []
         self.injected: list[tuple[str, tuple[int, ...]]] = []
         self._pending: dict[str, list[int]] = {}
+        self._live: set[str] = set()
         self.started = self.closed = False
         self.close_ids = tuple(tok.encode(END_THINK))
 
@@ -36,9 +37,17 @@ class ScriptedPipeline:
 
     def submit(self, req: PreparedRequest):
         self.submitted.append(req)
+        self._live.add(req.request_id)
         return self._run(req)
 
     async def _run(self, req: PreparedRequest):
+        try:
+            async for event in self._events(req):
+                yield event
+        finally:
+            self._live.discard(req.request_id)
+
+    async def _events(self, req: PreparedRequest):
         rid = req.request_id
         cont = req.prompt_token_ids[-len(self.close_ids):] == self.close_ids
         script = list(self.tok.encode(self.after_close if cont else self.text))
@@ -80,6 +89,9 @@ class ScriptedPipeline:
 
     async def cancel(self, request_id: str):
         self.cancelled.append(request_id)
+
+    def in_flight(self, request_id: str) -> bool:
+        return request_id in self._live
 
     async def inject(self, request_id: str, token_ids):
         self.injected.append((request_id, tuple(token_ids)))

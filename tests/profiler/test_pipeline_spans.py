@@ -154,3 +154,26 @@ def test_bad_request_id_header_is_a_400(pipeline):
                    json={"model": "autoglm-phone-9b", "max_tokens": 2,
                          "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and "X-Request-Id" in r.text
+
+
+def test_a_request_id_in_flight_is_refused_and_free_again_after(pipeline):
+    """Token events are found by the request's id: a second request named like one still
+    running is refused (it used to take over the first one's events, which then hung)."""
+    rid = f"dup-{uuid.uuid4().hex[:8]}"
+    body = {"model": "autoglm-phone-9b", "max_tokens": 12, "temperature": 0, "stream": True,
+            "messages": [{"role": "user", "content": "first"}]}
+    second = dict(body, stream=False, messages=[{"role": "user", "content": "second"}])
+    url = pipeline.url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=60, headers={"X-Request-Id": rid}) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: {")               # the first one is running
+        dup = httpx.post(url, json=second, timeout=60, headers={"X-Request-Id": rid})
+        rest = [line for line in lines if line]
+    assert dup.status_code == 400
+    err = dup.json()["error"]
+    assert err["param"] == "X-Request-Id" and "still in progress" in err["message"]
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(x[6:]) for x in rest if x.startswith("data: {")]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    again = httpx.post(url, json=second, timeout=60, headers={"X-Request-Id": rid})
+    assert again.status_code == 200 and again.json()["id"] == rid
