@@ -116,7 +116,7 @@ def _encode(src: _Source, m, expr: str, ind: int) -> None:
     t = type(m)
     if t is mc.PrimitiveMachine:
         src.align(ind, m.alignment)
-        pack = src.const("pack_" + m.code, struct.Struct("<" + m.code).pack)
+        pack = src.const("pack_" + _code_name(m.code), struct.Struct("<" + m.code).pack)
         src.add(ind, f"out += {pack}({expr})")
         src.advance(m.size)
     elif t is mc.StringMachine:
@@ -158,6 +158,11 @@ def _encode(src: _Source, m, expr: str, ind: int) -> None:
         raise Unsupported(f"no encoder for {t.__name__}")
 
 
+def _code_name(code: str) -> str:
+    """A struct format code as part of a name ("?", a bool's, is not one)."""
+    return code if code.isalnum() else "bool" if code == "?" else f"x{ord(code):02x}"
+
+
 def _bound(src: _Source, ind: int, v: str, cap) -> None:
     if cap is not None:
         src.add(ind, f"if len({v}) > {cap}: raise ValueError('sequence longer than its bound {cap}')")
@@ -168,7 +173,7 @@ def _decode(src: _Source, m, target: str, ind: int) -> None:
     t = type(m)
     if t is mc.PrimitiveMachine:
         src.align(ind, m.alignment)
-        unpack = src.const("unpack_" + m.code, struct.Struct("<" + m.code).unpack_from)
+        unpack = src.const("unpack_" + _code_name(m.code), struct.Struct("<" + m.code).unpack_from)
         src.add(ind, f"{target} = {unpack}(buf, pos)[0]")
         src.add(ind, f"pos += {m.size}")
         src.advance(m.size)

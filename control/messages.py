@@ -93,7 +93,8 @@ class SamplingParams(IdlStruct, typename="autoglm.control.SamplingParams"):
     top_p: float32 = 1.0
     top_k: int32 = 0  # 0: no top-k cut
     repetition_penalty: float32 = 1.0
-    seed: int64 = -1  # -1: not seeded
+    seed: int64 = 0
+    seeded: bool = False  # False: no seed (any int64 is a seed, negative ones too)
     stop_token_ids: sequence[int32] = field(default_factory=list)
 
 

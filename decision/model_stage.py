@@ -59,6 +59,13 @@ _NO_TOP_IDS = np.zeros(TOKEN_RECORD["top_ids"].shape, np.int32)     # a record w
 _NO_TOP_LOGPROBS = np.zeros(TOKEN_RECORD["top_logprobs"].shape, np.float32)
 
 
+def _sent(value) -> float:
+    """The value the client sent, from its float32 on the wire: the shortest decimal that
+    float32 reads back as itself (0.85 stays 0.85, which the sampler compares exactly; 1e-9
+    stays 1e-9, where rounding to 6 places made it 0)."""
+    return float(str(np.float32(value)))
+
+
 class _Release:
     """Gives one share of a pool slot back, once (the engine's release callback)."""
 
@@ -192,13 +199,12 @@ class ModelDecisionStage:
         logprobs = None
         if extra.get("logprobs"):
             logprobs = int(extra.get("top_logprobs") or 0)
-        # float32 on the wire: round so that 0.85 stays 0.85 (the sampler compares exactly).
         return SamplingParams(
-            max_tokens=int(s.max_new_tokens), temperature=round(float(s.temperature), 6),
-            top_p=round(float(s.top_p), 6), top_k=int(s.top_k),
-            seed=None if int(s.seed) < 0 else int(s.seed),
+            max_tokens=int(s.max_new_tokens), temperature=_sent(s.temperature),
+            top_p=_sent(s.top_p), top_k=int(s.top_k),
+            seed=int(s.seed) if s.seeded else None,
             stop_token_ids=tuple(int(t) for t in s.stop_token_ids),
-            repetition_penalty=round(float(s.repetition_penalty), 6),
+            repetition_penalty=_sent(s.repetition_penalty),
             frequency_penalty=float(extra.get("frequency_penalty") or 0.0),
             presence_penalty=float(extra.get("presence_penalty") or 0.0),
             logprobs=logprobs)

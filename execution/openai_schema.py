@@ -20,6 +20,10 @@ from typing import Any, Union
 from .errors import APIError, invalid, model_not_found
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
+# Fields that travel as int32, int64 or float32 to the decision stage: values past these are
+# refused here, not failed there.
+INT32_MAX, INT64_MIN, INT64_MAX = 2**31 - 1, -2**63, 2**63 - 1
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "webm", "m4a", "aac", "opus")
 MAX_TOP_LOGPROBS = 20
 
@@ -177,20 +181,20 @@ def parse_chat_request(body: dict[str, Any], limits: SchemaLimits = SchemaLimits
         enable_thinking = _opt_bool(kwargs, "enable_thinking", prefix="chat_template_kwargs.")
     extra_kwargs = {k: v for k, v in kwargs.items() if k != "enable_thinking"}
 
-    top_k = _opt_int(body, "top_k", lo=-1)
+    top_k = _opt_int(body, "top_k", lo=-1, hi=INT32_MAX)
     return ChatRequest(
         model=model,
         messages=messages,
         temperature=_opt_float(body, "temperature", 0.0, 2.0, default=1.0),
-        top_p=_opt_float(body, "top_p", 0.0, 1.0, default=1.0, lo_open=True),
+        top_p=_opt_float(body, "top_p", 0.0, 1.0, default=1.0, lo_open=True, f32=True),
         top_k=0 if top_k in (None, -1) else top_k,
         max_tokens=max_tokens,
         stop=_parse_stop(body.get("stop")),
-        seed=_opt_int(body, "seed"),
+        seed=_opt_int(body, "seed", lo=INT64_MIN, hi=INT64_MAX),
         presence_penalty=_opt_float(body, "presence_penalty", -2.0, 2.0, default=0.0),
         frequency_penalty=_opt_float(body, "frequency_penalty", -2.0, 2.0, default=0.0),
         repetition_penalty=_opt_float(body, "repetition_penalty", 0.0, math.inf, default=1.0,
-                                      lo_open=True),
+                                      lo_open=True, f32=True),
         logprobs=logprobs,
         top_logprobs=top_logprobs or 0,
         return_tokens_as_token_ids=_opt_bool(body, "return_tokens_as_token_ids") or False,
@@ -325,7 +329,7 @@ def _opt_int(body: dict, key: str, lo: int | None = None, hi: int | None = None)
 
 
 def _opt_float(body: dict, key: str, lo: float, hi: float, *, default: float,
-               lo_open: bool = False) -> float:
+               lo_open: bool = False, f32: bool = False) -> float:
     v = body.get(key)
     if v is None:
         return default
@@ -336,4 +340,7 @@ def _opt_float(body: dict, key: str, lo: float, hi: float, *, default: float,
         lo_s = f"> {lo:g}" if lo_open else f">= {lo:g}"
         hi_s = "" if hi == math.inf else f" and <= {hi:g}"
         raise invalid(f"'{key}' must be {lo_s}{hi_s}, got {v:g}.", param=key)
+    if f32 and v and not FLOAT32_TINY <= abs(v) <= FLOAT32_MAX:
+        raise invalid(f"'{key}' = {v:g} is out of float32's range (1.2e-38 to 3.4e38), "
+                      "which is how it reaches the sampler.", param=key)
     return v

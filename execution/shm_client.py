@@ -338,7 +338,7 @@ class ShmPipelineClient:
             sampling=SamplingParams(
                 max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
                 top_k=s.top_k, repetition_penalty=s.repetition_penalty,
-                seed=-1 if s.seed is None else int(s.seed),
+                seed=s.seed or 0, seeded=s.seed is not None,
                 stop_token_ids=list(s.stop_token_ids)),
             extra=pack_extra(extra))
         if prompt is not None:

@@ -31,6 +31,8 @@ def _value(rng, annotation):
     kind = _kind(annotation)
     if kind is str:
         return rng.choice(TEXT)
+    if kind is bool:
+        return rng.choice([False, True])
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         return sample(rng, kind)
     if kind == "float32":

@@ -259,6 +259,22 @@ def test_errors_over_the_live_pipeline(pipeline, openai_client):
     assert "maximum context length" in str(e.value)
 
 
+def test_sampling_values_at_the_edges_of_their_wire_types(openai_client):
+    """Seeds are any int64, negative ones too (they were taken as "no seed"); a tiny top_p
+    reaches the sampler as itself (rounding made it 0: a 500), and keeps only the top token."""
+    msgs = [{"role": "user", "content": "Open the camera"}]
+
+    def ids(**kw):
+        c = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8,
+                                                  **WITH_IDS, **kw).choices[0]
+        return ids_of(c.logprobs.content)
+
+    for seed in (-5, -2**63, 2**63 - 1):
+        assert ids(temperature=1.0, seed=seed) == ids(temperature=1.0, seed=seed), seed
+    assert ids(temperature=1.0, seed=-5) != ids(temperature=1.0, seed=5)
+    assert ids(temperature=1.0, top_p=1e-9) == ids(temperature=0)
+
+
 def _engine_load(url):
     m = metrics(url)
     return (m["autoglm:num_requests_running"], m["autoglm:num_requests_waiting"])

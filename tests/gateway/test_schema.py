@@ -111,6 +111,12 @@ def test_bad_json():
     (body(stop=[1]), "stop"),
     (body(stop=[""]), "stop"),
     (body(seed="x"), "seed"),
+    (body(seed=2**63), "seed"),                    # past int64, as it travels
+    (body(seed=-2**63 - 1), "seed"),
+    (body(top_k=2**31), "top_k"),                  # past int32
+    (body(top_p=1e-50), "top_p"),                  # float32 makes it 0
+    (body(repetition_penalty=1e300), "repetition_penalty"),   # past float32
+    (body(repetition_penalty=1e-45), "repetition_penalty"),
     (body(presence_penalty=3), "presence_penalty"),
     (body(frequency_penalty=-2.1), "frequency_penalty"),
     (body(repetition_penalty=0), "repetition_penalty"),
