@@ -22,12 +22,14 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .config import GatewayConfig
-from .errors import APIError, body_too_large, invalid, server_error, unauthorized
+from .errors import (APIError, body_too_large, invalid, model_not_found, server_error,
+                     unauthorized)
 from .generation import Generation, GenerationTotals, OutputDelta
 from .media_workers import MediaWorkers
 from .metrics import CONTENT_TYPE, GatewayMetrics
@@ -337,11 +339,22 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         if not self._authorized(request):
             return error_response(unauthorized())
-        data = [{"id": name, "object": "model", "created": self.created,
-                 "owned_by": "autoglm-pipeline", "root": self.config.model_root or name,
-                 "parent": None, "max_model_len": self.config.prepare.max_model_len}
-                for name in self.config.served_model_names]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [
+            self._model_card(name) for name in self.config.served_model_names]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{model}: one served model (the SDK's models.retrieve)."""
+        if not self._authorized(request):
+            return error_response(unauthorized())
+        name = request.path_params["model"]
+        if name not in self.config.served_model_names:
+            return error_response(model_not_found(name))
+        return JSONResponse(self._model_card(name))
+
+    def _model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.created,
+                "owned_by": "autoglm-pipeline", "root": self.config.model_root or name,
+                "parent": None, "max_model_len": self.config.prepare.max_model_len}
 
     async def health(self, request: Request) -> Response:
         h = await self.client.health()
@@ -429,6 +442,17 @@ async def _until_disconnect_receive(receive: Callable[[], Awaitable[dict]], work
         await asyncio.gather(work_t, watch_t, return_exceptions=True)
 
 
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own refusals (no such route, wrong method) in OpenAI's error format, as
+    every other error: the SDKs show ``message``."""
+    what = {404: f"Invalid URL ({request.method} {request.url.path}): this server serves "
+                 "/v1/chat/completions, /v1/models, /health and /metrics.",
+            405: f"{request.method} is not allowed on {request.url.path}."}.get(
+        exc.status_code, exc.detail)
+    return JSONResponse(APIError(what, status=exc.status_code).to_body(),
+                        status_code=exc.status_code, headers=exc.headers)
+
+
 async def _until_disconnect(request: Request, work: Awaitable):
     return await _until_disconnect_receive(request.receive, work)
 
@@ -448,8 +472,9 @@ def build_app(config: GatewayConfig, client: PipelineClient, preparer: RequestPr
     app = Starlette(routes=[
         Route("/v1/chat/completions", gw.chat_completions, methods=["POST"]),
         Route("/v1/models", gw.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", gw.model, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/metrics", gw.metrics_endpoint, methods=["GET"]),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.gateway = gw
     return app

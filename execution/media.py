@@ -34,6 +34,10 @@ def load_url_bytes(url: str, param: str, allowed_dir: Path | None,
         if not head.endswith(";base64"):
             raise invalid(f"{param}: only base64 data: URLs are accepted "
                           "(data:image/png;base64,...).", param=param)
+        mime = head[len("data:"):-len(";base64")].lower()
+        if mime and not mime.startswith("image/") and mime != "application/octet-stream":
+            raise invalid(f"{param}: the data: URL says {mime!r}; an image_url takes an image "
+                          "(data:image/png;base64,...).", param=param, code="invalid_image")
         return _b64(payload, param)
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):

@@ -145,6 +145,11 @@ def parse_chat_request(body: dict[str, Any], limits: SchemaLimits = SchemaLimits
     if body.get("tools"):
         raise invalid("Tool calling is not supported by this server; omit 'tools'.",
                       param="tools", code="unsupported_parameter")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and tool_choice not in ("none", "auto"):
+        raise invalid(f"tool_choice {tool_choice!r} asks for a tool call; tool calling is not "
+                      "supported by this server (only 'none' or 'auto').", param="tool_choice",
+                      code="unsupported_parameter")
     rf = body.get("response_format")
     if rf is not None:
         if not isinstance(rf, dict) or rf.get("type") != "text":

@@ -62,7 +62,9 @@ def normalize_messages(messages: Sequence[dict]) -> list[dict]:
         if not isinstance(msg, dict) or "role" not in msg:
             raise PromptError(f"message {i}: must be an object with a 'role'")
         role = msg["role"]
-        if role not in ("system", "user", "assistant", "observation", "tool"):
+        if role == "developer":   # OpenAI's newer name for the system role
+            msg = {**msg, "role": "system"}
+        elif role not in ("system", "user", "assistant", "observation", "tool"):
             raise PromptError(f"message {i}: unknown role {role!r}")
         content = msg.get("content")
         if content is None:

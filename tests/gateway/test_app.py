@@ -292,6 +292,33 @@ def test_models_and_health(glm_tok):
     assert pipe.started and pipe.closed
 
 
+def test_one_model_unknown_routes_and_methods_answer_in_openai_format(glm_tok):
+    import openai
+
+    pipe = ScriptedPipeline(glm_tok, "hi")
+    with running_gateway(glm_tok, pipe) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0)
+        card = client.models.retrieve("autoglm-phone-9b")
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            client.models.retrieve("gpt-4o")
+        route = httpx.post(url + "/v1/completions", json={"prompt": "hi"})
+        method = httpx.get(url + "/v1/chat/completions")
+    assert card.id == "autoglm-phone-9b" and card.owned_by == "autoglm-pipeline"
+    assert route.status_code == 404
+    assert route.json()["error"]["message"].startswith("Invalid URL (POST /v1/completions)")
+    assert method.status_code == 405 and method.headers["allow"] == "POST"
+    assert method.json()["error"]["message"] == "GET is not allowed on /v1/chat/completions."
+
+
+def test_developer_messages_are_system_messages(glm_tok):
+    pipe = ScriptedPipeline(glm_tok, "hi")
+    with running_gateway(glm_tok, pipe) as (url, _):
+        for role in ("developer", "system"):
+            r = post(url, messages=[{"role": role, "content": "Be brief."}, *MSG])
+            assert r.status_code == 200, r.text
+    assert pipe.submitted[0].prompt_token_ids == pipe.submitted[1].prompt_token_ids
+
+
 def test_response_cache(glm_tok):
     pipe = ScriptedPipeline(glm_tok, SCRIPT)
     with running_gateway(glm_tok, pipe, response_cache_size=4) as (url, _):
@@ -336,6 +363,9 @@ def test_images_expand_to_their_token_count(glm_tok, tmp_path):
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}])
         garbage = post(url, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}])
+        png = _png_data_url(56, 56).split(",", 1)[1]
+        not_image = post(url, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:text/plain;base64,{png}"}}]}])
     req = pipe.submitted[0]
     image_id = glm_tok.special["<|image|>"]
     n1, n2 = proc.num_image_tokens(1080, 2400), proc.num_image_tokens(100, 200)
@@ -348,6 +378,7 @@ def test_images_expand_to_their_token_count(glm_tok, tmp_path):
     assert outside.status_code == 400 and outside.json()["error"]["code"] == "local_file_not_allowed"
     assert remote.status_code == 400 and remote.json()["error"]["code"] == "remote_url_not_allowed"
     assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "messages[0].content[0].image_url"
+    assert not_image.status_code == 400 and "'text/plain'" in not_image.json()["error"]["message"]
     assert len(pipe.submitted) == 1
 
 

@@ -133,6 +133,8 @@ def test_bad_json():
     (body(return_reasoning=1), "return_reasoning"),
     (body(max_reasoning_steps=0), "max_reasoning_steps"),
     (body(tools=[{"type": "function"}]), "tools"),
+    (body(tool_choice="required"), "tool_choice"),
+    (body(tool_choice={"type": "function", "function": {"name": "tap"}}), "tool_choice"),
     (body(response_format={"type": "json_object"}), "response_format"),
 ])
 def test_refusals_name_the_field(b, param):

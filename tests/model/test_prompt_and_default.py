@@ -94,6 +94,12 @@ def test_string_content_format_flattening():
                             "<|end_of_image|>info<|assistant|>\n")
 
 
+def test_developer_is_the_system_role():
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert render(msgs) == render([{**msgs[0], "role": "system"}, msgs[1]])
+    assert "<|system|>" in render(msgs)
+
+
 def test_prompt_errors(default_dir):
     tok = GlmTokenizer.from_dir(default_dir)
     with pytest.raises(PromptError, match="unknown role"):
