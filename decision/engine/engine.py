@@ -12,7 +12,7 @@ modality it declared has arrived and nothing else; requests join and leave betwe
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch

@@ -261,8 +261,8 @@ def test_client_disconnect_cancels_non_streaming_request(glm_tok):
     pipe = ScriptedPipeline(glm_tok, SCRIPT * 50, delay=0.01)
     with running_gateway(glm_tok, pipe) as (url, gw):
         with pytest.raises(httpx.ReadTimeout):
-            post_short = httpx.post(url + "/v1/chat/completions", timeout=0.3,
-                                    json={"model": "autoglm-phone-9b", "messages": MSG})
+            httpx.post(url + "/v1/chat/completions", timeout=0.3,
+                       json={"model": "autoglm-phone-9b", "messages": MSG})
         deadline = time.monotonic() + 5
         while not pipe.cancelled and time.monotonic() < deadline:
             time.sleep(0.02)
