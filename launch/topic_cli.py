@@ -4,7 +4,6 @@ back-pressure a writer, and read-only mappings of shm channels that never take a
 from __future__ import annotations
 
 import json
-import sys
 
 from .instance_name import add_instance_arg, check_instance
 

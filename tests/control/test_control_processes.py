@@ -13,8 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 import control_peers
 from control import messages as m
 from control import topics as t

@@ -8,7 +8,7 @@ import torch
 
 from decision.engine import SamplingParams
 
-from .conftest import hf_greedy, make_engine, run_to_end
+from .conftest import make_engine, run_to_end
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

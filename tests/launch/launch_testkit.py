@@ -3,7 +3,6 @@ real CLI, each under a unique instance name so tests can run side by side (pytes
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

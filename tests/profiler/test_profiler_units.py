@@ -1,7 +1,6 @@
 """Statistics, recording format and the emitter, on real spans (the emitter over real DDS)."""
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
