@@ -207,7 +207,7 @@ class ModelDecisionStage:
             repetition_penalty=_sent(s.repetition_penalty),
             frequency_penalty=float(extra.get("frequency_penalty") or 0.0),
             presence_penalty=float(extra.get("presence_penalty") or 0.0),
-            logprobs=logprobs)
+            logprobs=logprobs, logit_bias=tuple(extra.get("logit_bias", ())))
 
     def _layout(self, ids, req, extra):
         """M-RoPE positions and the declared modalities (placeholder positions of each)."""

@@ -4,7 +4,7 @@ This layer only checks shape and ranges; it does not fetch or decode media (medi
 the prompt or count tokens (prepare.py). Every refusal is an `APIError` naming the field.
 
 Accepted, beyond OpenAI's own fields, as vLLM accepts them: top_k, repetition_penalty,
-chat_template_kwargs.enable_thinking; and the fields the AutoGLM articles show under
+return_tokens_as_token_ids, chat_template_kwargs.enable_thinking; and the fields the AutoGLM articles show under
 ``extra_body``: enable_thinking, return_reasoning, max_reasoning_steps. Unknown fields are
 ignored (clients such as LangChain send fields like ``user``), except those that would change
 the meaning of the answer if silently dropped (tools, n > 1, a JSON response_format): those are
@@ -73,6 +73,7 @@ class ChatRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     return_tokens_as_token_ids: bool = False   # vLLM's: logprobs name tokens "token_id:N"
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias in [-100, 100])
     stream: bool = False
     include_usage: bool = False
     enable_thinking: bool | None = None  # None: the chat template's default
@@ -203,6 +204,7 @@ def parse_chat_request(body: dict[str, Any], limits: SchemaLimits = SchemaLimits
         logprobs=logprobs,
         top_logprobs=top_logprobs or 0,
         return_tokens_as_token_ids=_opt_bool(body, "return_tokens_as_token_ids") or False,
+        logit_bias=_parse_logit_bias(body.get("logit_bias")),
         stream=stream,
         include_usage=include_usage,
         enable_thinking=enable_thinking,
@@ -296,6 +298,25 @@ def _parse_stop(raw: Any) -> tuple[str, ...]:
     if any(s == "" for s in items):
         raise invalid("stop strings must not be empty.", param="stop")
     return tuple(dict.fromkeys(items))  # de-duplicated, order kept
+
+
+def _parse_logit_bias(raw: Any) -> tuple[tuple[int, float], ...]:
+    """{"token id": bias}: ids as decimal strings (JSON keys), biases in [-100, 100]."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise _wrong_type("logit_bias", "an object of token id -> bias", raw)
+    out = []
+    for key, bias in raw.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise invalid(f"logit_bias keys must be token ids (non-negative integers), got "
+                          f"{key!r}.", param="logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                or not -100 <= bias <= 100:
+            raise invalid(f"logit_bias[{key!r}] must be a number in [-100, 100], got "
+                          f"{bias!r}.", param="logit_bias")
+        out.append((int(key), float(bias)))
+    return tuple(out)
 
 
 # --- scalar fields ------------------------------------------------------------------------

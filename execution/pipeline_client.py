@@ -39,6 +39,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logprobs: bool = False
     top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias)
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,7 @@ class RequestPreparer:
             max_tokens=max_tokens, stop_token_ids=tuple(self.tok.eos_token_ids),
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
             repetition_penalty=req.repetition_penalty, logprobs=req.logprobs,
-            top_logprobs=req.top_logprobs)
+            top_logprobs=req.top_logprobs, logit_bias=self._logit_bias(req.logit_bias))
         prepared = PreparedRequest(rid, tuple(prompt_ids), sampling, tuple(images), tuple(audios))
         options = OutputOptions(
             stop=req.stop, return_reasoning=req.return_reasoning,
@@ -196,6 +196,14 @@ class RequestPreparer:
             close_reasoning_ids=self.close_reasoning_ids, skip_ids=self.skip_ids,
             context_ids=tuple(prompt_ids[-DETOKENIZER_CONTEXT:]))
         return Prepared(prepared, options, prompt.text)
+
+    def _logit_bias(self, bias: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        vocab = self.tok.vocab_size
+        past = [t for t, _ in bias if t >= vocab]
+        if past:
+            raise invalid(f"logit_bias names token {past[0]}, past the vocabulary ({vocab} "
+                          "tokens).", param="logit_bias")
+        return bias
 
     # --- media ----------------------------------------------------------------------------
     def _image(self, part: ImagePart) -> PreparedImage:

@@ -311,6 +311,7 @@ class ShmPipelineClient:
         s = req.sampling
         extra = {"presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
                  "logprobs": s.logprobs, "top_logprobs": s.top_logprobs,
+                 "logit_bias": [list(pair) for pair in s.logit_bias],
                  "image_grids": [list(im.grid_thw) for im in req.images],
                  "audio_tokens": [int(au.num_tokens) for au in req.audios]}
         # Only what differs from the decision stage's defaults travels: a plain text request

@@ -1,4 +1,5 @@
-"""Per-request sampling: penalties, temperature, top-k / top-p, seeded draws, logprobs.
+"""Per-request sampling: logit bias, penalties, temperature, top-k / top-p, seeded draws,
+logprobs.
 
 Every random draw comes from the request's own `torch.Generator`, one uniform number per step,
 so a seed gives the same tokens whatever else shares the batch. Penalty state (token counts)
@@ -32,9 +33,14 @@ class SamplingParams:
     presence_penalty: float = 0.0
     # None: no logprobs; 0: the chosen token's logprob; k > 0: also the top k.
     logprobs: int | None = None
+    # OpenAI semantics: (token id, bias in [-100, 100]) added to that token's logit before
+    # anything else; +-100 in effect forces or bans it.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "logit_bias",
+                           tuple((int(t), float(b)) for t, b in self.logit_bias))
         problems = []
         if self.max_tokens < 1:
             problems.append(f"max_tokens must be >= 1 (got {self.max_tokens})")
@@ -52,6 +58,10 @@ class SamplingParams:
             problems.append(f"presence_penalty must be in [-2, 2] (got {self.presence_penalty})")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             problems.append(f"logprobs must be in [0, 20] (got {self.logprobs})")
+        bad = [(t, b) for t, b in self.logit_bias if t < 0 or not -100.0 <= b <= 100.0]
+        if bad:
+            problems.append(f"logit_bias needs token ids >= 0 and biases in [-100, 100] "
+                            f"(got {bad[:3]})")
         if problems:
             raise ValueError("invalid sampling params: " + "; ".join(problems))
 
@@ -75,6 +85,8 @@ class SamplerState:
     output_counts: torch.Tensor | None = None
     # Tokens seen in prompt or output [V] (bool) for the repetition penalty.
     seen: torch.Tensor | None = None
+    # logit_bias as (ids [n] long, biases [n] float32) on the device.
+    bias: tuple[torch.Tensor, torch.Tensor] | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -93,7 +105,15 @@ class SamplerState:
             ids = torch.as_tensor(prompt_ids, dtype=torch.long).to(device)
             ids = ids[(ids >= 0) & (ids < vocab_size)]
             seen[ids] = True
-        return cls(params=params, generator=gen, output_counts=counts, seen=seen)
+        bias = None
+        if params.logit_bias:
+            ids, values = zip(*params.logit_bias)
+            if max(ids) >= vocab_size:
+                raise ValueError(f"logit_bias names token {max(ids)}, past the vocabulary "
+                                 f"({vocab_size} tokens)")
+            bias = (torch.tensor(ids, dtype=torch.long, device=device),
+                    torch.tensor(values, dtype=torch.float32, device=device))
+        return cls(params=params, generator=gen, output_counts=counts, seen=seen, bias=bias)
 
 
 @dataclass
@@ -156,15 +176,20 @@ def sample_on_device(logits: torch.Tensor, states: list[SamplerState]) -> Device
     are queued on the device; the returned DeviceSample reads them.
 
     Logprobs are those of the model's distribution (log_softmax of the raw logits, before
-    penalties and temperature), as vLLM reports them by default.
+    logit bias, penalties and temperature), as vLLM reports them by default.
     """
     logits = logits.float()
     b = logits.shape[0]
     want_logprobs = [s.params.logprobs is not None for s in states]
     raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
 
+    biased = [i for i, s in enumerate(states) if s.bias is not None]
+    if biased:
+        logits = logits.clone()
+        for i in biased:
+            logits[i].index_add_(0, *states[i].bias)
     if any(s.params.uses_penalties for s in states):
-        logits = _apply_penalties(logits.clone(), states)
+        logits = _apply_penalties(logits if biased else logits.clone(), states)
 
     greedy_rows = [i for i, s in enumerate(states) if s.params.greedy]
     random_rows = [i for i, s in enumerate(states) if not s.params.greedy]

@@ -275,6 +275,26 @@ def test_sampling_values_at_the_edges_of_their_wire_types(openai_client):
     assert ids(temperature=1.0, top_p=1e-9) == ids(temperature=0)
 
 
+def test_logit_bias_reaches_the_sampler(openai_client):
+    import openai
+
+    msgs = [{"role": "user", "content": "Open the camera"}]
+    free = openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6,
+                                                 temperature=0, **WITH_IDS).choices[0]
+    first = ids_of(free.logprobs.content)[0]
+    banned = openai_client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=6, temperature=0,
+        logit_bias={str(first): -100}, **WITH_IDS).choices[0]
+    assert first not in ids_of(banned.logprobs.content)
+    forced = openai_client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=6, temperature=0.8, seed=3,
+        logit_bias={"100": 100}, **WITH_IDS).choices[0]
+    assert ids_of(forced.logprobs.content) == [100] * 6
+    with pytest.raises(openai.BadRequestError, match="past the vocabulary"):
+        openai_client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2,
+                                              logit_bias={str(10**7): 5})
+
+
 def _engine_load(url):
     m = metrics(url)
     return (m["autoglm:num_requests_running"], m["autoglm:num_requests_waiting"])

@@ -87,3 +87,33 @@ def test_bad_params_are_named():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
+
+
+def test_logit_bias_is_added_before_anything_else():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, V, generator=g)
+    top = logits.argmax(-1).tolist()
+    states = [state(SamplingParams(logit_bias=((7, 100.0),))),             # forced, greedy
+              state(SamplingParams(logit_bias=((top[1], -100.0),), logprobs=0)),   # banned
+              state(SamplingParams(temperature=1.0, seed=1, logit_bias=((9, 100.0),)))]
+    res = sample(logits, states)
+    assert res.token_ids[0] == 7 and res.token_ids[2] == 9
+    assert res.token_ids[1] == logits[1].scatter(0, torch.tensor([top[1]]),
+                                                 float("-inf")).argmax().item()
+    # Its logprob is the model's, before the bias (as vLLM reports it).
+    ref = torch.log_softmax(logits[1], -1)[res.token_ids[1]].item()
+    assert res.logprobs[1] == pytest.approx(ref, abs=1e-6)
+    # The bias is added as such: the runner-up wins with a bias just over its gap to the
+    # best logit, and not with one just under.
+    best, second = logits[0].topk(2).indices.tolist()
+    gap = (logits[0, best] - logits[0, second]).item()
+    for margin, winner in ((0.01, second), (-0.01, best)):
+        bias = ((second, gap + margin),)
+        assert sample(logits[:1], [state(SamplingParams(logit_bias=bias))]).token_ids == [winner]
+
+
+def test_logit_bias_is_checked():
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias=((3, 101.0),))
+    with pytest.raises(ValueError, match="past the vocabulary"):
+        state(SamplingParams(logit_bias=((V, 1.0),)))

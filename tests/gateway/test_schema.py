@@ -55,6 +55,12 @@ def test_all_parameters_parsed():
     assert r.return_reasoning and r.max_reasoning_steps == 3 and r.is_deterministic()
 
 
+def test_logit_bias_parsed():
+    r = parse_chat_request(body(logit_bias={"100": 100, "7": -2.5}))
+    assert r.logit_bias == ((100, 100.0), (7, -2.5))
+    assert parse_chat_request(OK).logit_bias == ()
+
+
 def test_top_level_enable_thinking_wins_over_template_kwargs():
     r = parse_chat_request(body(enable_thinking=True, chat_template_kwargs={"enable_thinking": False}))
     assert r.enable_thinking is True
@@ -134,6 +140,12 @@ def test_bad_json():
     (body(max_reasoning_steps=0), "max_reasoning_steps"),
     (body(tools=[{"type": "function"}]), "tools"),
     (body(tool_choice="required"), "tool_choice"),
+    (body(logit_bias=[[5, 1]]), "logit_bias"),
+    (body(logit_bias={"x": 1}), "logit_bias"),
+    (body(logit_bias={"-1": 1}), "logit_bias"),
+    (body(logit_bias={"5": 100.5}), "logit_bias"),
+    (body(logit_bias={"5": "1"}), "logit_bias"),
+    (body(logit_bias={"5": True}), "logit_bias"),
     (body(tool_choice={"type": "function", "function": {"name": "tap"}}), "tool_choice"),
     (body(response_format={"type": "json_object"}), "response_format"),
 ])
