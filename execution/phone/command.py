@@ -54,7 +54,8 @@ def read_app_table(path: str | None) -> dict[str, str] | None:
     except (OSError, ValueError) as e:
         raise DeviceError(f"cannot read the app table {path}: {e}") from None
     if not (isinstance(apps, dict) and all(isinstance(v, str) for v in apps.values())):
-        raise DeviceError(f"{path}: expected a JSON object of app name -> package")
+        raise DeviceError(f"{path}: expected a JSON object of app name -> package (adb) or "
+                          "bundle (hdc)")
     return apps
 
 
