@@ -46,9 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # a reader gone shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`autoglm topic list | head -1`): stop quietly, as cat does.
+        # stdout is pointed at /dev/null so that the interpreter's final flush of the
+        # unwritten rest does not raise again on the way out.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141      # 128 + SIGPIPE, what a shell reports for a process the pipe ended
 
 
 if __name__ == "__main__":
