@@ -85,8 +85,13 @@ def _agent(args) -> int:
         device, delay = SimulatedPhone(), 0.0
         what = f"simulated phone {device.width}x{device.height}"
     screens = Path(args.screens) if args.screens else None
-    if screens:
-        screens.mkdir(parents=True, exist_ok=True)
+    try:
+        if screens:
+            screens.mkdir(parents=True, exist_ok=True)
+        # Opened now: a log that cannot be written is said before the run, not after it.
+        log = open(args.log, "w", encoding="utf-8") if args.log else None
+    except OSError as e:
+        raise SystemExit(f"autoglm agent: {e.strerror}: {e.filename}") from None
 
     def on_step(step) -> None:
         first = f" (first token {step.first_token_s:.2f})" if step.first_token_s else ""
@@ -113,8 +118,9 @@ def _agent(args) -> int:
         result = PhoneAgent(chat, device, options).run(args.task)
     finally:
         chat.close()
-    if args.log:
-        Path(args.log).write_text(json.dumps(result.to_json_obj(), indent=1, ensure_ascii=False))
+    if log is not None:
+        with log:
+            log.write(json.dumps(result.to_json_obj(), indent=1, ensure_ascii=False))
     n = len(result.steps)
     line = f"{result.status.replace('_', ' ')} after {n} step{'s' * (n != 1)}: {result.message}"
     print(line, file=sys.stdout if result.ok else sys.stderr)

@@ -198,3 +198,18 @@ def test_the_command_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1].startswith(
         f"server error after 0 steps: cannot reach {nobody}/chat/completions: ")
+
+
+def test_a_log_or_screens_place_that_cannot_be_written_is_said_before_the_run(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for option, path in (("--log", tmp_path / "no" / "such" / "run.json"),
+                         ("--screens", blocker / "screens")):
+        with scripted_server(tmp_path, REPLIES) as (url, received):
+            r = subprocess.run([sys.executable, "-m", "launch.cli", "agent", TASK, "--base-url",
+                                url, option, str(path)], cwd=REPO, capture_output=True,
+                               text=True, timeout=120)
+            assert received() == []                     # nothing was asked of the model
+        assert r.returncode == 1
+        assert r.stderr.startswith("autoglm agent: ") and str(path) in r.stderr
+        assert "Traceback" not in r.stderr
