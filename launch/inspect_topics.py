@@ -286,24 +286,25 @@ def measure(instance: str, name: str, window_s: float) -> dict:
 
 
 def _rate_dds(name: str, stamps: list[int], nbytes: int, window_s: float) -> dict:
-    """`stamps`: (writer, t_mono_ns) pairs. The rate is summed over writers, each measured
-    between its own first and last stamp (several 1 Hz writers make an N Hz topic)."""
+    """`stamps`: (writer, t_mono_ns) pairs. The rate is messages over the window, as for shm
+    channels and as `bw` counts bytes. For a periodic topic the gaps say more: ``gap_rate_hz``
+    sums, over writers, one over each writer's mean gap (ROS 2's `topic hz`; several 1 Hz
+    writers make an N Hz topic), which a burst of two messages would make look huge."""
     n = len(stamps)
     out = {"name": name, "window_s": window_s, "messages": n, "rate_hz": n / window_s,
            "bytes_per_s": nbytes / window_s, "mean_bytes": nbytes / n if n else 0,
            "writers": len({w for w, _ in stamps}),
-           "source": "samples received; rate from each writer's t_mono_ns"}
+           "source": "samples received; gaps from each writer's t_mono_ns"}
     by_writer: dict[str, list[int]] = {}
     for w, t in stamps:
         by_writer.setdefault(w, []).append(t)
-    rate, gaps = 0.0, []
+    gap_rate, gaps = 0.0, []
     for ts in by_writer.values():
         ts.sort()
         span = (ts[-1] - ts[0]) / 1e9
-        rate += (len(ts) - 1) / span if len(ts) >= 2 and span > 0 else len(ts) / window_s
+        if len(ts) >= 2 and span > 0:
+            gap_rate += (len(ts) - 1) / span
         gaps += [(b - a) / 1e9 for a, b in zip(ts, ts[1:])]
-    if n:
-        out["rate_hz"] = rate
     if gaps:
-        out.update(min_gap_s=min(gaps), max_gap_s=max(gaps))
+        out.update(gap_rate_hz=gap_rate, min_gap_s=min(gaps), max_gap_s=max(gaps))
     return out

@@ -113,7 +113,8 @@ def _hz(args) -> int:
     else:
         extra = ""
         if "min_gap_s" in m:
-            extra = f"  min gap {m['min_gap_s'] * 1e3:.2f} ms  max gap {m['max_gap_s'] * 1e3:.2f} ms"
+            extra = (f"  from the gaps {m['gap_rate_hz']:.2f} Hz, min gap "
+                     f"{m['min_gap_s'] * 1e3:.2f} ms, max gap {m['max_gap_s'] * 1e3:.2f} ms")
         print(f"{m['name']}: average rate {m['rate_hz']:.2f} Hz over {m['window_s']} s "
               f"({m['messages']} messages){extra}  [{m['source']}]")
     return 0
