@@ -4,6 +4,7 @@ back-pressure a writer, and read-only mappings of shm channels that never take a
 from __future__ import annotations
 
 import json
+import sys
 
 from .instance_name import add_instance_arg, check_instance
 
@@ -39,10 +40,24 @@ def _fail(e) -> SystemExit:
     return SystemExit(f"autoglm topic: {e}")
 
 
+def _instance(args) -> str:
+    """The instance, checked; a note on stderr where no pipeline of that name runs here (the
+    DDS topics are still listed, with no endpoints, as the type registry knows them)."""
+    from shm._paths import instance_dir
+    from shm.instance import read_owner
+
+    name = check_instance(args.instance, "topic")
+    owner = read_owner(instance_dir(name))
+    if owner is None or not owner.alive:
+        print(f"autoglm topic: no pipeline instance {name!r} is running here (is it launched? "
+              "`autoglm shm ls` lists them)", file=sys.stderr)
+    return name
+
+
 def _list(args) -> int:
     from .inspect_topics import list_topics
 
-    rows = list_topics(check_instance(args.instance, "topic"))
+    rows = list_topics(_instance(args))
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
         return 0
@@ -59,7 +74,7 @@ def _info(args) -> int:
     from .inspect_topics import topic_info
 
     try:
-        d = topic_info(check_instance(args.instance, "topic"), args.name)
+        d = topic_info(_instance(args), args.name)
     except ValueError as e:
         raise _fail(e) from None
     if args.json:
@@ -80,6 +95,8 @@ def _echo(args) -> int:
 
     if args.count is not None and args.count <= 0:
         raise _fail("--count must be > 0")
+    if args.timeout is not None and args.timeout <= 0:
+        raise _fail("--timeout must be > 0 seconds")
 
     def emit(d):
         if args.json:
@@ -88,7 +105,7 @@ def _echo(args) -> int:
             print("\n".join(f"{k}: {v}" for k, v in d.items()) + "\n---", flush=True)
 
     try:
-        echo(check_instance(args.instance, "topic"), args.name, count=args.count,
+        echo(_instance(args), args.name, count=args.count,
              timeout=args.timeout, emit=emit)
     except ValueError as e:
         raise _fail(e) from None
@@ -101,7 +118,7 @@ def _measure(args):
     if args.window <= 0:
         raise _fail("--window must be > 0 seconds")
     try:
-        return measure(check_instance(args.instance, "topic"), args.name, args.window)
+        return measure(_instance(args), args.name, args.window)
     except ValueError as e:
         raise _fail(e) from None
 

@@ -93,6 +93,8 @@ def _run(args) -> int:
     qs = _percentiles(args.percentiles)
     if args.refresh <= 0:
         raise SystemExit("autoglm profile: --refresh must be positive")
+    if args.duration is not None and args.duration <= 0:
+        raise SystemExit("autoglm profile: --duration must be positive")
     if args.input:
         from .recording import read_recording, write_recording
 
@@ -155,6 +157,9 @@ def _live(args, qs) -> list:
         if recorder is not None:
             recorder.close()
             print(f"recorded {recorder.count} spans to {args.record}", file=sys.stderr)
+    if not spans:
+        print(f"no spans came from instance {args.instance!r}: is it launched (`autoglm shm "
+              "ls`), with tracing on (`autoglm param list`)?", file=sys.stderr)
     return spans
 
 
