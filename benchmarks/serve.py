@@ -150,6 +150,8 @@ def validate(args) -> None:
         bad("--num-images must be at least 1")
     if not args.audio_seconds > 0:
         bad("--audio-seconds must be positive")
+    if not args.request_timeout > 0:
+        bad("--request-timeout must be positive")
     if not args.base_url.startswith(("http://", "https://")):
         bad(f"--base-url must start with http:// or https://, got {args.base_url!r}")
     if args.record and not args.instance:

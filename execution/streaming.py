@@ -103,9 +103,10 @@ class ChunkBuilder:
         c["usage"] = usage
         return sse(c)
 
-    def error(self, message: str, type: str = "server_error", code: int | str | None = 500) -> bytes:
+    def error(self, message: str, type: str = "server_error", code: str | None = None) -> bytes:
         # vLLM reports a failure after the headers went out as one data event carrying an
-        # OpenAI error object; the openai SDK raises APIError on it.
+        # OpenAI error object; the openai SDK raises APIError on it. Its fields are those of
+        # the same failure before the headers (errors.server_error).
         return sse({"error": {"message": message, "type": type, "param": None, "code": code}})
 
 

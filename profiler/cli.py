@@ -110,16 +110,13 @@ def _run(args) -> int:
 
 
 def _live(args, qs) -> list:
-    from control.naming import validate_instance
+    from launch.instance_name import check_instance
 
     from .collect import SpanCollector
     from .recording import RecordingWriter
     from .spans import GATEWAY_RESPONSE_SENT
 
-    try:
-        validate_instance(args.instance)
-    except ValueError as e:
-        raise SystemExit(f"autoglm profile: {e}") from None
+    check_instance(args.instance, "profile")    # the names `autoglm launch` takes
     recorder = None
     if args.record:
         try:

@@ -228,6 +228,8 @@ def test_pipeline_error_streaming_and_not(glm_tok):
     assert r.json()["error"]["type"] == "server_error"
     last = json.loads(ev.split("\n\n")[-3][len("data: "):])
     assert "crashed" in last["error"]["message"] and ev.endswith("data: [DONE]\n\n")
+    assert {k: v for k, v in last["error"].items() if k != "message"} == \
+        {k: v for k, v in r.json()["error"].items() if k != "message"}   # streamed or not
     assert 'autoglm:request_success_total{finished_reason="error",model_name="autoglm-phone-9b"} 2.0' in metrics
 
 

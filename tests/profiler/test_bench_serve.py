@@ -160,6 +160,7 @@ def test_bad_arguments_are_named():
     for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
                       (["--percentiles", "0,50"], "percentiles must lie in"),
                       (["--request-rate", "0"], "--request-rate must be positive"),
+                      (["--request-timeout", "0"], "--request-timeout must be positive"),
                       (["--record", "x.jsonl"], "give --instance too"),
                       (["--image-size", "10by20", "--dataset", "random-image"], "--image-size must be WxH")):
         r = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "serve", "--model", "m",
