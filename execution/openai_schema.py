@@ -4,11 +4,11 @@ This layer only checks shape and ranges; it does not fetch or decode media (medi
 the prompt or count tokens (prepare.py). Every refusal is an `APIError` naming the field.
 
 Accepted, beyond OpenAI's own fields, as vLLM accepts them: top_k, repetition_penalty,
-return_tokens_as_token_ids, chat_template_kwargs.enable_thinking; and the fields the AutoGLM articles show under
-``extra_body``: enable_thinking, return_reasoning, max_reasoning_steps. Unknown fields are
-ignored (clients such as LangChain send fields like ``user``), except those that would change
-the meaning of the answer if silently dropped (tools, n > 1, a JSON response_format): those are
-refused with a message saying so.
+return_tokens_as_token_ids, chat_template_kwargs.enable_thinking; and the fields the AutoGLM
+articles show under ``extra_body``: enable_thinking, return_reasoning, max_reasoning_steps.
+Unknown fields are ignored (clients such as LangChain send fields like ``user``), except those
+that would change the meaning of the answer if silently dropped (tools, a tool_choice that asks
+for a call, n > 1, a JSON response_format): those are refused with a message saying so.
 """
 from __future__ import annotations
 
