@@ -10,6 +10,7 @@ import numpy as np
 
 from runtime.compute import request_key, slot_ref
 from runtime.records import FLAG_LAST, TOKEN_RECORD
+from runtime.stage import config_int
 
 
 class MinimalDecisionStage:
@@ -34,6 +35,9 @@ class MinimalDecisionStage:
         if self._writer is None:
             self._writer = self.ctx.ring(self.out_channel).writer()
         return self._writer
+
+    # The config names it takes, with their types: the runtime refuses any other value.
+    config_params = {"decision.max_tokens": config_int(minimum=1)}
 
     def on_config(self, name: str, value) -> None:
         if name == "decision.max_tokens":

@@ -146,8 +146,10 @@ class ShmPipelineClient:
         # discovered this writer before the first transcription job is written.
         self._w_transcribe = self._plane.writer(t.TRANSCRIBE)
         # Trace spans for `autoglm profile`, bundled: written once a response is complete
-        # (execution.app flushes), not one DDS write each on the request's way.
-        self.tracer = SpanEmitter(self._plane, bundle=True)
+        # (execution.app flushes), not one DDS write each on the request's way. On and off
+        # with the process's switch: AUTOGLM_TRACE, and trace.enabled as the stage runtime
+        # of this process (the gateway stage) applies it; it never read either before.
+        self.tracer = SpanEmitter(self._plane, bundle=True, enabled=None)
         self._events = AsyncReader(self._plane.reader(t.STAGE_EVENT)).start()
         self._state_reader = self._plane.reader(t.STAGE_STATE)
         self._ring_reader = Ring.attach(self.instance, self.channels["tokens"]).reader(start="latest")

@@ -1,12 +1,17 @@
 """`autoglm param set NAME VALUE` and `autoglm param list`: run-time config values of a pipeline.
 
-A value goes out on the DDS config topic; every stage applies it (`on_config`, and
-`trace.enabled` for all) and says so on its state topic, which `set` waits for. The launcher
-keeps the value alive, so a stage that restarts later gets it too.
+A value goes out on the DDS config topic; every stage answers on its state topic, which
+`set` waits for: applied (the stage has a parameter of that name: `trace.enabled` for all,
+plus its compute's `config_params`), refused (a value of the wrong type: the stage names the
+type it expects, and keeps its value) or ignored (not its parameter: it names its own).
+`set` fails, exit 1 and one line, when a stage refused the value or no stage has the name.
+The launcher keeps the value alive, so a stage that restarts later gets it too; a value that
+no stage applied is replaced there by the one kept before (if any).
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from .instance_name import add_instance_arg, check_instance
@@ -36,11 +41,14 @@ def register(subparsers) -> None:
 DISCOVERY_S = 1.5
 
 
-def _listen(reader, seconds: float) -> list:
-    out, deadline = [], time.monotonic() + seconds
+def _listen(reader, seconds: float, *others) -> list:
+    """What `reader` (and `others`, whose samples go to their lists) receive in `seconds`."""
+    out, extra, deadline = [], [[] for _ in others], time.monotonic() + seconds
     while time.monotonic() < deadline:
         out.extend(reader.take(0.1))
-    return out
+        for r, got in zip(others, extra):
+            got.extend(r.take(0))
+    return [out, *extra] if others else out
 
 
 def parse_value(text: str):
@@ -51,10 +59,39 @@ def parse_value(text: str):
         return text
 
 
+def _answers(states, rid: str, prefix: str, live: set, timeout: float) -> dict[str, str]:
+    """Each stage's answer to config value `rid`: the tail of its state's detail after
+    "config NAME=VALUE " (runtime.stage: applied / refused: ... / ignored: ...)."""
+    got: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while set(got) < live and time.monotonic() < deadline:
+        for s in states.take(0.1):
+            if s.request_id == rid and s.source == s.stage and s.detail.startswith(prefix):
+                got[s.stage] = s.detail[len(prefix):]
+    return got
+
+
+def _restore(plane, config_reader, writer, previous) -> bool:
+    """Put the value kept before back, under its own request id (stages that applied it skip
+    it; a restarted one applies it), so that the launcher, which keeps the last value of
+    each name for restarts, does not keep one every stage refused; wait until it has."""
+    from control.messages import ConfigValue
+
+    writer.write(ConfigValue(name=previous.name, request_id=previous.request_id,
+                             value_json=previous.value_json))
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        for cfg in config_reader.take(0.1):
+            if cfg.request_id == previous.request_id and cfg.source != plane.node_name:
+                return True
+    return False
+
+
 def _set(args) -> int:
     from control import topics as t
     from control.messages import ConfigValue, StageStates
     from control.plane import ControlPlane
+    from runtime.stage import CONFIG_APPLIED, CONFIG_IGNORED, CONFIG_KNOWN, CONFIG_REFUSED
 
     check_instance(args.instance, "param")
     name = args.name.strip()
@@ -63,29 +100,58 @@ def _set(args) -> int:
     if args.timeout <= 0:
         raise SystemExit("autoglm param: --timeout must be > 0 seconds")
     value = parse_value(args.value)
+    value_json = json.dumps(value)
     with ControlPlane(args.instance, "param-cli") as plane:
         states = plane.reader(t.STAGE_STATE)
-        live = {s.stage for s in _listen(states, DISCOVERY_S) if s.state != StageStates.DEAD}
+        config = plane.reader(t.CONFIG)
+        seen, kept = _listen(states, DISCOVERY_S, config)
+        live = {s.stage for s in seen if s.state != StageStates.DEAD}
         if not live:
             raise SystemExit(f"autoglm param: no live stage in instance {args.instance!r} "
                              f"(is `autoglm launch --instance {args.instance}` running?)")
+        previous = next((c for c in reversed(kept) if c.name == name), None)
         rid = f"param-{time.monotonic_ns():x}"
-        plane.writer(t.CONFIG).write(ConfigValue(name=name, request_id=rid,
-                                                 value_json=json.dumps(value)))
-        applied: set[str] = set()
-        deadline = time.monotonic() + args.timeout
-        while applied < live and time.monotonic() < deadline:
-            for s in states.take(0.1):
-                if s.request_id == rid and s.source == s.stage:
-                    applied.add(s.stage)
-    missing = sorted(live - applied)
+        writer = plane.writer(t.CONFIG)
+        writer.write(ConfigValue(name=name, request_id=rid, value_json=value_json))
+        answers = _answers(states, rid, f"config {name}={value_json} ", live, args.timeout)
+        applied = sorted(st for st, a in answers.items() if a.startswith(CONFIG_APPLIED))
+        refused = {st: a[len(CONFIG_REFUSED):] for st, a in answers.items()
+                   if a.startswith(CONFIG_REFUSED)}
+        ignored = sorted(st for st, a in answers.items() if a.startswith(CONFIG_IGNORED))
+        known = sorted({n.strip() for st in ignored for n in answers[st].partition(
+            CONFIG_KNOWN)[2].rstrip(")").split(",") if n.strip()})
+        restored = False
+        if not applied and previous is not None:
+            restored = _restore(plane, config, writer, previous)
+    missing = sorted(live - set(answers))
     if args.json:
-        print(json.dumps({"name": name, "value": value, "applied": sorted(applied),
-                          "missing": missing}))
+        print(json.dumps({"name": name, "value": value, "applied": applied, "refused": refused,
+                          "ignored": ignored, "known": known, "missing": missing,
+                          "restored": json.loads(previous.value_json) if restored else None}))
+    shown = f"{name} = {value_json}"
+    if refused:
+        by_reason: dict[str, list[str]] = {}
+        for st, reason in sorted(refused.items()):
+            by_reason.setdefault(reason, []).append(st)
+        msg = f"autoglm param: {shown} refused by " + "; by ".join(
+            f"{', '.join(sts)}: {reason}" for reason, sts in by_reason.items())
+        if applied:
+            msg += f" (applied by {', '.join(applied)})"
+    elif not applied and ignored and not missing:
+        msg = (f"autoglm param: no stage has a parameter {name!r} "
+               f"(known: {', '.join(known) or 'none'})")
     else:
-        print(f"{name} = {json.dumps(value)}: applied by {', '.join(sorted(applied)) or 'no stage'}"
+        msg = None
+    if msg and restored:
+        msg += f"; {name} stays {previous.value_json}"
+    if msg:
+        if not args.json:
+            print(msg, file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"{shown}: applied by {', '.join(applied) or 'no stage'}"
               + (f"; no answer from {', '.join(missing)} within {args.timeout:g} s" if missing else ""))
-    return 1 if missing else 0
+    return 1 if missing or not applied else 0
 
 
 def _list(args) -> int:

@@ -11,7 +11,10 @@ median and p99 per-call time over ``n`` calls, plus how many spans the observer 
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import signal
+import threading
 import time
 import uuid
 
@@ -120,9 +123,10 @@ def format_cost(c: dict) -> str:
 
 # ------------------------------------------------------------------------------ on a live decode loop
 def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
-                settle_s: float = 1.0) -> None:
+                settle_s: float = 1.0) -> list[bool]:
     """Switch every stage's span emission on or off (config value ``trace.enabled``, applied
-    by the stage runtime between messages)."""
+    by the stage runtime between messages). Returns what the stages that answered within
+    ``settle_s`` had before (each says "spans were on/off" on its state topic)."""
     import json
 
     from control import topics as t
@@ -133,11 +137,63 @@ def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
 
     with ControlPlane(instance, f"trace-switch-{uuid.uuid4().hex[:6]}",
                       domain_id=domain_id) as plane:
+        states = plane.reader(t.STAGE_STATE)
         w = plane.writer(t.CONFIG)
         w.wait_for_readers(1, timeout=5.0)
-        w.write(ConfigValue(name=TRACE_CONFIG, request_id=uuid.uuid4().hex[:12],
+        rid = uuid.uuid4().hex[:12]
+        w.write(ConfigValue(name=TRACE_CONFIG, request_id=rid,
                             value_json=json.dumps(bool(enabled))))
-        time.sleep(settle_s)  # transient-local: stages take it on their next pass
+        was: dict[str, bool] = {}
+        deadline = time.monotonic() + settle_s   # transient-local: stages take it on their next pass
+        while time.monotonic() < deadline:
+            for st in states.take(0.05):
+                if st.request_id == rid and "(spans were " in st.detail:
+                    was[st.stage] = "(spans were on)" in st.detail
+    return list(was.values())
+
+
+def kept_tracing(instance: str, *, domain_id: int | None = None,
+                 listen_s: float = 1.5) -> bool | None:
+    """The ``trace.enabled`` value the launcher keeps for the instance (the last one set and
+    applied), None when none was set (or it is not a boolean)."""
+    import json
+
+    from control import topics as t
+    from control.plane import ControlPlane
+
+    from runtime.stage import TRACE_CONFIG, config_bool
+
+    kept = None
+    with ControlPlane(instance, f"trace-read-{uuid.uuid4().hex[:6]}",
+                      domain_id=domain_id) as plane:
+        reader = plane.reader(t.CONFIG)
+        deadline = time.monotonic() + listen_s   # the kept values arrive once discovered
+        while time.monotonic() < deadline:
+            for cfg in reader.take(0.1):
+                if cfg.name == TRACE_CONFIG:
+                    kept = cfg.value_json
+    try:
+        return None if kept is None else config_bool(json.loads(kept))
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM ends the measurement as Ctrl-C does, through the `finally` that switches the
+    spans back (the default action would exit at once and leave them as the round left them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concurrency: int = 4,
@@ -160,7 +216,9 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
 
     def round_(enabled: bool) -> dict:
         nonlocal seq
-        set_tracing(instance, enabled, domain_id=domain_id)
+        said = set_tracing(instance, enabled, domain_id=domain_id)
+        if seq == 0:
+            was.extend(said)
         samples = []
         for _ in range(concurrency):
             seq += 1  # distinct prompts: no prefix-cache free rides
@@ -170,25 +228,33 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
         outs, _ = asyncio.run(run_benchmark(base_url=base_url, endpoint="/v1/chat/completions",
                                             model=model, api_key=None, samples=samples,
                                             test_request=False, progress=False))
-        ok = [o for o in outs if o.success and o.output_tokens > 1]
+        # A response whose tokens all came in one chunk has no decode time to divide by.
+        ok = [o for o in outs if o.success and o.output_tokens > 1 and o.latency > o.ttft]
         if not ok:
-            raise RuntimeError(f"no request of the round produced 2+ tokens: "
-                               f"{[o.error for o in outs]}")
+            raise RuntimeError(f"no request of the round produced 2+ tokens over time (one "
+                               f"chunk each?): {[o.error for o in outs]}")
         rates = [(o.output_tokens - 1) / (o.latency - o.ttft) for o in ok]
         return {"tracing": enabled, "requests": len(ok),
                 "decode_tokens_per_s_per_request": float(np.median(rates)),
                 "output_tokens": int(sum(o.output_tokens for o in ok))}
 
     results = []
-    try:
-        round_(True)  # warm-up (first requests allocate)
-        for i in range(rounds):
-            # ABBA order: a drift in load, or whatever a round leaves behind for the next,
-            # falls on both sides alike.
-            for enabled in ((False, True) if i % 2 == 0 else (True, False)):
-                results.append(round_(enabled))
-    finally:
-        set_tracing(instance, True, domain_id=domain_id, settle_s=0.2)
+    was: list[bool] = []   # what the stages said they had, at the first switch
+    # What was in force before, to put back afterwards (it used to be left on): the value the
+    # launcher keeps, else what the stages say they had (AUTOGLM_TRACE at their start).
+    kept = kept_tracing(instance, domain_id=domain_id)
+    with _sigterm_unwinds():
+        try:
+            round_(True)  # warm-up (first requests allocate)
+            for i in range(rounds):
+                # ABBA order: a drift in load, or whatever a round leaves behind for the next,
+                # falls on both sides alike.
+                for enabled in ((False, True) if i % 2 == 0 else (True, False)):
+                    results.append(round_(enabled))
+        finally:
+            before = kept if kept is not None else (
+                was.count(True) >= was.count(False) if was else True)
+            set_tracing(instance, before, domain_id=domain_id, settle_s=0.5)
     off = [r["decode_tokens_per_s_per_request"] for r in results if not r["tracing"]]
     on = [r["decode_tokens_per_s_per_request"] for r in results if r["tracing"]]
     m_off, m_on = float(np.median(off)), float(np.median(on))

@@ -34,6 +34,22 @@ BUNDLE_MAX_SPANS = 64
 # at 0.5 s of none (instrumented decode loop, 2026-12-04).
 BUNDLE_MAX_AGE_NS = 500_000_000
 
+ENV_TRACE = "AUTOGLM_TRACE"  # "0": this process starts with its spans off
+
+# The process's tracing switch, which every emitter made with ``enabled=None`` follows: the
+# stage runtime sets it from the config value trace.enabled, and the gateway's own emitter
+# (execution.shm_client, in the same process) follows it, without knowing the config topic.
+_process_tracing = [os.environ.get(ENV_TRACE, "1") != "0"]
+
+
+def set_process_tracing(on: bool) -> None:
+    """Switch the spans of every emitter of this process that follows the switch."""
+    _process_tracing[0] = bool(on)
+
+
+def process_tracing() -> bool:
+    return _process_tracing[0]
+
 
 class SpanEmitter:
     """Writes TraceSpan messages for one process. Thread-safe (Cyclone writers may be shared
@@ -43,9 +59,14 @@ class SpanEmitter:
     (profiler.spans.BUNDLE_NAME) by ``flush()``, which the owner calls when it goes idle or a
     request's response is complete; a bundle also goes out when it holds BUNDLE_MAX_SPANS
     spans or, at the next span, once its oldest is BUNDLE_MAX_AGE_NS old. The pipeline's
-    stages bundle: the DDS write of each span then no longer delays the request it times."""
+    stages bundle: the DDS write of each span then no longer delays the request it times.
 
-    def __init__(self, plane_or_writer, *, enabled: bool = True, bundle: bool = False) -> None:
+    ``enabled=None``: on and off with the process's switch (set_process_tracing; at start
+    AUTOGLM_TRACE), as the pipeline's stages and the gateway's client are; setting
+    ``enabled`` later fixes it for this emitter alone."""
+
+    def __init__(self, plane_or_writer, *, enabled: bool | None = True,
+                 bundle: bool = False) -> None:
         from control import topics as t
         from control.messages import TraceSpan
         from control.plane import ControlPlane, Writer
@@ -61,7 +82,7 @@ class SpanEmitter:
             raise TypeError("SpanEmitter takes a control.plane.ControlPlane or a trace-topic "
                             f"Writer, not {type(plane_or_writer).__name__}")
         self._msg_type = TraceSpan
-        self.enabled = enabled
+        self._enabled = enabled
         self.bundle = bundle
         self.pid = os.getpid()
         self.emitted = 0
@@ -69,6 +90,15 @@ class SpanEmitter:
         self._held: list = []          # [name, request_id, start, end, attrs] while bundling
         self._held_since = 0
         self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        on = self._enabled
+        return _process_tracing[0] if on is None else on
+
+    @enabled.setter
+    def enabled(self, on: bool | None) -> None:
+        self._enabled = on
 
     def emit(self, name: str, request_id: str, start_ns: int, end_ns: int | None = None,
              **attrs) -> None:

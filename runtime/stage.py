@@ -10,7 +10,9 @@
 3. hands every request, event, cancel, transcription job and config value to the compute
    (methods `on_request`, `on_event`, `on_cancel`, `on_transcribe`, `on_config`, all
    optional; only the topics it handles are read, and requests only of its
-   `request_modality` when it has one) and calls its `poll(timeout)` (optional: for stages
+   `request_modality` when it has one; config values only of the names in its
+   `config_params`, checked and converted first, plus `trace.enabled`: see _apply_config)
+   and calls its `poll(timeout)` (optional: for stages
    that wait on a doorbell or step an engine) in between; an idle stage sleeps in one DDS
    WaitSet over all its readers (`ctx.wait_for_messages`), so a message is handled as soon
    as it arrives, not at the end of a polling slice;
@@ -35,18 +37,76 @@ import threading
 import time
 import traceback
 
+from profiler.emit import ENV_TRACE  # noqa: F401  "0": start with spans off (trace.enabled: on)
 from shm.inflight import MAX_ID_BYTES, InFlightBoard
 
 from .compute import ready_detail
 from .lifecycle import Lifecycle, State
 
-ENV_TRACE = "AUTOGLM_TRACE"  # "0": start with span emission off (config trace.enabled turns it on)
 # Longest idle wait in one piece. A signal ends the wait at once (_wake_on_signals), so this
 # only bounds how stale an idle stage's periodic work may get (the decision stage's engine
 # stats). It was 10 ms, to notice signals: 100 wake-ups a second of every idle stage, on the
 # cores where the busy ones run.
 LOOP_WAIT_S = 0.5
 TRACE_CONFIG = "trace.enabled"   # config value (bool) switching every stage's spans on or off
+
+
+# --- config values ------------------------------------------------------------------------
+# A compute declares the config names it takes in ``config_params``: name -> converter. A
+# converter gets the JSON value and returns the typed one, or raises ValueError naming what it
+# expected; the runtime refuses such a value (the compute never sees it) and says so on the
+# state topic, where `autoglm param set` reads the answer. Every stage takes trace.enabled.
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TRUE, _FALSE = {"true", "1", "on", "yes"}, {"false", "0", "off", "no"}
+
+
+def config_bool(value) -> bool:
+    """Strict: bool("off") is True, so a bare word must be one of the known spellings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected a boolean (true/false, on/off, yes/no, 1/0), got {_shown(value)}")
+
+
+def config_int(minimum: int | None = None):
+    """A converter taking a JSON integer (not a bool, not a float) >= `minimum`."""
+    what = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+
+    def convert(value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (minimum is not None and value < minimum):
+            raise ValueError(f"expected {what}, got {_shown(value)}")
+        return value
+    return convert
+
+
+def config_float(minimum: float | None = None):
+    """A converter taking a finite JSON number (not a bool) >= `minimum`."""
+    what = "a number" + (f" >= {minimum:g}" if minimum is not None else "")
+
+    def convert(value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                value != value or value in (float("inf"), float("-inf")) or \
+                (minimum is not None and value < minimum):
+            raise ValueError(f"expected {what}, got {_shown(value)}")
+        return float(value)
+    return convert
+
+
+# The answer on the state topic to config value NAME=VALUE_JSON is "config NAME=VALUE_JSON "
+# followed by one of these (launch/param_cli.py reads them).
+CONFIG_APPLIED = "applied"
+CONFIG_REFUSED = "refused: "
+CONFIG_IGNORED = "ignored: "
+CONFIG_KNOWN = "its parameters: "
 
 
 class StageContext:
@@ -204,8 +264,9 @@ class StageRuntime:
         from profiler.emit import SpanEmitter
         # Bundled: spans go out when the stage is idle (or every 0.5 s: BUNDLE_MAX_AGE_NS),
         # not one DDS write each in the middle of the request they time.
-        self.tracer = SpanEmitter(self.w_trace, enabled=os.environ.get(ENV_TRACE, "1") != "0",
-                                  bundle=True)
+        # enabled=None: it follows the process's switch (AUTOGLM_TRACE, then trace.enabled),
+        # as the gateway's own emitter in this process does (execution.shm_client).
+        self.tracer = SpanEmitter(self.w_trace, enabled=None, bundle=True)
         self.r_config = self.plane.reader(t.CONFIG)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
         # Every topic a compute may take: (reader, handler, modality of the requests it
@@ -304,19 +365,54 @@ class StageRuntime:
                         # alive), which may also arrive after a newer value from elsewhere
             self._config_seen.add(cfg.request_id)
         try:
-            value = json.loads(cfg.value_json)
-        except ValueError:
-            self.ctx.log(f"config {cfg.name}: value is not JSON: {cfg.value_json!r}")
-            return
-        self.ctx.config[cfg.name] = value
-        if cfg.name == TRACE_CONFIG:
-            self.tracer.enabled = bool(value)
-        fn = getattr(self.compute, "on_config", None)
-        if fn is not None:
-            fn(cfg.name, value)
+            outcome = self._take_config(cfg.name, cfg.value_json)
+        except Exception as e:
+            # A config value must never take the stage down: a bad one kept by the launcher
+            # would otherwise kill every restart of it (crash loop, then given up).
+            reason = str(e) if isinstance(e, ValueError) and str(e) else \
+                f"{type(e).__name__}: {e}"
+            outcome = CONFIG_REFUSED + (reason.splitlines() or [""])[0]   # one line
+            self.ctx.log(f"config {cfg.name}={cfg.value_json[:80]} {outcome}")
         # Say so on the state topic, so tools (and tests) see the value arrived.
         self._publish_state(self.lifecycle.state, request_id=cfg.request_id,
-                            detail=f"config {cfg.name}={cfg.value_json} applied")
+                            detail=f"config {cfg.name}={cfg.value_json} {outcome}")
+
+    def config_params(self) -> dict | None:
+        """The config names this stage takes -> their converters; None: a compute with an
+        on_config and no config_params, which is handed every name (as it was before names
+        were declared)."""
+        own = getattr(self.compute, "config_params", None)
+        if own is None and hasattr(self.compute, "on_config"):
+            return None
+        return {TRACE_CONFIG: config_bool, **(own or {})}
+
+    def _take_config(self, name: str, value_json: str) -> str:
+        """Apply one value; the answer (CONFIG_APPLIED or CONFIG_IGNORED...); raises for a
+        value refused (not JSON, wrong type, or the compute's on_config raised)."""
+        params = self.config_params()
+        if params is not None and name not in params:
+            return (f"{CONFIG_IGNORED}not a parameter of {self.name} "
+                    f"({CONFIG_KNOWN}{', '.join(sorted(params))})")
+        try:
+            value = json.loads(value_json)
+        except ValueError:
+            raise ValueError(f"the value is not JSON: {value_json[:60]!r}") from None
+        if name == TRACE_CONFIG:
+            value = config_bool(value)
+        elif params is not None:
+            value = params[name](value)
+        fn = getattr(self.compute, "on_config", None)
+        if fn is not None:
+            fn(name, value)
+        self.ctx.config[name] = value
+        if name != TRACE_CONFIG:
+            return CONFIG_APPLIED
+        from profiler.emit import process_tracing, set_process_tracing
+
+        was = process_tracing()
+        set_process_tracing(value)
+        # What was in force: `autoglm profile --measure-cost` puts it back afterwards.
+        return f"{CONFIG_APPLIED} (spans were {'on' if was else 'off'})"
 
     # --- request bookkeeping (called through StageContext) --------------------------------
     def begin(self, rid: str) -> None:

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from runtime.compute import fixed_projection, shm_ref, slot_ref
+from runtime.stage import config_float
 
 MODALITY = "image"
 
@@ -41,6 +42,9 @@ class MinimalVisionStage:
         # Simulated compute time (seconds): lets tests hold a request inside the stage.
         self.delay_s = float(ctx.params.get("delay_s", 0.0))
         self.out_channel = ctx.stage.outputs[0] if ctx.stage.outputs else "embeddings"
+
+    # The config names it takes, with their types: the runtime refuses any other value.
+    config_params = {"vision.scale": config_float(), "vision.delay_s": config_float(minimum=0)}
 
     def on_config(self, name: str, value) -> None:
         if name == "vision.scale":
