@@ -103,6 +103,14 @@ def _read_token_records(records: np.ndarray):
     return ids, flags, int(records[-1]["finish"]), first_ns, logprobs
 
 
+def _failure(ev) -> str:
+    """What an error event says to the client. The launcher's own (it fails the requests a
+    dead stage held) name the stage already: "stage 'decision' died (...) while ..."."""
+    if ev.source == "launcher":
+        return ev.detail
+    return f"stage {ev.source} failed the request: {ev.detail}"
+
+
 class ShmPipelineClient:
     supports_injection = False
 
@@ -392,8 +400,7 @@ class ShmPipelineClient:
             if ev.kind == "error":
                 key = self._by_id.get(ev.request_id)
                 if key is not None and key in self._queues:
-                    self._queues[key].put_nowait(
-                        PipelineError(f"stage {ev.source} failed the request: {ev.detail}"))
+                    self._queues[key].put_nowait(PipelineError(_failure(ev)))
 
     # --- transcribe-mode audio ------------------------------------------------------------
     def transcribe(self, request_id: str, clips, timeout: float) -> list[str]:
@@ -457,8 +464,7 @@ class ShmPipelineClient:
             if ev.detail.startswith("audio: clip "):
                 head = ev.detail[len("audio: clip "):].split(":", 1)[0]
                 clip = int(head) if head.isdigit() else None
-            err = AudioStageError(f"stage {ev.source} failed the request: {ev.detail}",
-                                  status, clip)
+            err = AudioStageError(_failure(ev), status, clip)
             for fut in futures:
                 if not fut.done():
                     fut.set_exception(err)

@@ -362,7 +362,7 @@ def test_killed_decision_stage_fails_its_request_restarts_and_serves_again(pipel
     assert not t.is_alive()
     err = result["error"]
     assert isinstance(err, openai.InternalServerError), err
-    assert "decision" in str(err)
+    assert "stage 'decision' died" in str(err) and "stage launcher" not in str(err)
     pipeline.wait_for("[launch] decision", 90, start=mark)   # restarted and ready again
     pipeline.wait_healthy(30)
     deadline = time.monotonic() + 60
