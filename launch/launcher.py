@@ -1,6 +1,9 @@
 """`autoglm launch`: validate the spec, create the shm channels, start and supervise the stages,
 and on Ctrl-C / SIGTERM stop them and remove every segment.
 
+A stage the supervisor gives up on (crash-looping) stops the whole pipeline the same way, and
+the launcher exits 1 naming the stage: a pipeline without one of its stages cannot serve.
+
 Order matters on the way down: stages first (they hold mappings and doorbell sockets), then the
 control plane, then the shm instance directory.
 """
@@ -63,6 +66,7 @@ class Launcher:
                     if sharing else "")
                  + (f", cores {format_cores(spare)} spare" if spare else "")
                  + f"; DDS domain {domain_id_for(self.instance)}; spec {self.spec_path}")
+        failure = None
         try:
             self._hold_cpu_latency()
             write_manifest(self.shm, spec, self.spec_path)
@@ -86,15 +90,28 @@ class Launcher:
 
             sup.on_ready = on_ready
             sup.start_all()
-            last_health = time.monotonic()
-            while not self._stop.wait(STEP_S) and not self._signalled:
-                sup.step()
-                if time.monotonic() - last_health > 5:
-                    sup.note_healthy()
-                    last_health = time.monotonic()
-            return 0
+            failure = self._supervise(sup)
         finally:
             self.shutdown()
+        if failure:
+            print(f"autoglm launch: {failure}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    def _supervise(self, sup) -> str | None:
+        """Step the supervisor until a stop is asked (None) or a stage is given up (why)."""
+        last_health = time.monotonic()
+        while not self._stop.wait(STEP_S) and not self._signalled:
+            sup.step()
+            lost = sup.given_up()
+            if lost:
+                self.say(f"[launch] the pipeline cannot serve without "
+                         f"{', '.join(sp.name for sp in lost)}: stopping it")
+                return _given_up_text(lost[0], self.spec)
+            if time.monotonic() - last_health > 5:
+                sup.note_healthy()
+                last_health = time.monotonic()
+        return None
 
     def _hold_cpu_latency(self) -> None:
         us = self.spec.cpu_latency_us
@@ -131,6 +148,13 @@ class Launcher:
         if self.cpu_latency is not None:
             self.cpu_latency.close()
             self.cpu_latency = None
+
+
+def _given_up_text(sp, spec: LaunchSpec) -> str:
+    """One line: the stage, why it was given up, and its last error where it printed one."""
+    return (f"stage {sp.name!r} failed {spec.crash_loop_failures} times within "
+            f"{spec.crash_loop_window_s:g} s (last: {sp.last_exit}) and was not restarted"
+            + (f"; last error: {sp.last_error}" if sp.last_error else ""))
 
 
 def launch(spec_path: str | None, instance: str, *, ready_file: str | None = None) -> int:

@@ -11,7 +11,10 @@ stays bound to a thread that lives as long as the launcher):
   shm.inflight) with an `error` event naming the stage;
 * restarts it after a backoff that doubles per consecutive failure (capped), unless it failed
   `crash_loop_failures` times within `crash_loop_window_s`: then it stays down, reported as
-  crash-looping.
+  crash-looping. The launcher then stops the pipeline: it cannot serve without the stage.
+
+Each stage's stderr passes through the launcher (a thread per stage), which keeps the last
+error line of it to name when it gives the stage up.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +55,8 @@ class StageProcess:
     device: str = ""             # where the stage's compute runs, as its `ready` said
     down: bool = False           # marked dead by us; cleared when restarted
     last_exit: str = ""
+    last_error: str = ""         # the exception line of its last traceback on stderr
+    relay: threading.Thread | None = None   # passes its stderr on (see _relay_stderr)
 
     @property
     def name(self) -> str:
@@ -112,7 +118,10 @@ class Supervisor:
         # Own process group: a terminal's Ctrl-C reaches only the launcher, which then stops
         # the stages in order (instead of racing their exits against the supervisor loop).
         sp.popen = subprocess.Popen(self.command(sp), env=env, cwd=root, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        sp.relay = threading.Thread(target=_relay_stderr, args=(sp, sp.popen.stderr),
+                                    name=f"stderr-{sp.name}", daemon=True)
+        sp.relay.start()
         try:
             import psutil
             # Also pin from outside at once (the stage pins itself first thing as well).
@@ -149,6 +158,10 @@ class Supervisor:
                 self.log(f"[launch] restarting {sp.name} (restart {sp.restarts})")
                 self.start(sp)
 
+    def given_up(self) -> list[StageProcess]:
+        """The stages left down for crash-looping."""
+        return [sp for sp in self.stages.values() if sp.crash_looping]
+
     def _read_dds(self, now: float) -> None:
         from control.messages import ConfigValue
 
@@ -177,6 +190,7 @@ class Supervisor:
         from control.messages import StageEvent
 
         self._kill(sp)
+        _drain(sp, 1.0)   # its traceback is read before its death is reported
         sp.state = State.DEAD.value
         sp.down = True
         sp.last_exit = reason
@@ -264,6 +278,8 @@ class Supervisor:
                 killed.append(sp.name)
                 sp.popen.kill()
                 sp.popen.wait()
+        for sp in self.stages.values():   # their last words reach the terminal
+            _drain(sp, max(0.0, deadline + 1.0 - time.monotonic()))
         if self.plane is not None:
             for sp in self.stages.values():
                 if sp.popen is not None:
@@ -291,6 +307,33 @@ class Supervisor:
                 f"module {sp.spec.module}  backend {sp.spec.backend}  "
                 f"{f'device {sp.device}' if sp.device else f'gpu {sp.spec.gpu}'}  "
                 f"ready in {time.monotonic() - sp.started_at:.2f} s")
+
+
+def _relay_stderr(sp: StageProcess, pipe) -> None:
+    """Pass a stage's stderr on to the launcher's, line by line, and keep the exception line
+    of its last traceback (the first unindented line after "Traceback ...")."""
+    try:
+        out = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        out = 2
+    in_traceback = False
+    with pipe:
+        for raw in iter(pipe.readline, b""):
+            try:
+                os.write(out, raw)
+            except OSError:
+                pass   # keep draining: a stage blocked on a full pipe would hang
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("Traceback (most recent call last)"):
+                in_traceback = True
+            elif in_traceback and line and not line[0].isspace():
+                sp.last_error, in_traceback = line, False
+
+
+def _drain(sp: StageProcess, timeout: float) -> None:
+    """Wait (bounded) until the relay has passed on all a finished stage wrote."""
+    if sp.relay is not None:
+        sp.relay.join(timeout)
 
 
 def _exit_text(code: int) -> str:

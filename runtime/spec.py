@@ -209,6 +209,16 @@ def _parse_cores_field(f: _Fields, machine: list[int]):
     return tuple(cores)
 
 
+def _check_compute(f: _Fields, params: dict) -> None:
+    """params.compute names what every stage module reads (runtime.compute.compute_kind):
+    a typo is said here, not by a stage that crash-loops on it at run time."""
+    from .compute import COMPUTES
+
+    if "compute" in params and params["compute"] not in COMPUTES:
+        f.fail(f"must be one of {', '.join(COMPUTES)}, got {params['compute']!r}",
+               "params.compute")
+
+
 def parse_spec(data: dict, src: str = "<spec>", machine_cores: list[int] | None = None) -> LaunchSpec:
     machine = machine_cores if machine_cores is not None else available_cores()
     top = _Fields(src, "", data, {"pipeline", "http", "supervisor", "channels", "stages"})
@@ -297,6 +307,7 @@ def parse_spec(data: dict, src: str = "<spec>", machine_cores: list[int] | None 
                             f"{', '.join(channels) or 'none'})", f"{key}[{i}]")
             chans[key] = tuple(lst)
         params = sf.get("params", dict, {})
+        _check_compute(sf, params)
         stages[name] = StageSpec(name, module, cores, gpu, backend,
                                  chans["inputs"], chans["outputs"], dict(params))
     return resolve_cores(LaunchSpec(src, model_dir, host, port, heartbeat_s, dead_after_s,

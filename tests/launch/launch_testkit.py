@@ -57,6 +57,48 @@ STAGES = {
 }
 
 
+# The real HTTP gateway (params.compute = "model", the embedded default model's files) alone:
+# it starts in about a second, and nothing else of the model is loaded.
+GATEWAY_SPEC = """
+[http]
+port = 0
+
+[supervisor]
+restart_backoff_s = 0.2
+
+[channels.frames]
+kind = "pool"
+slots = 2
+slot_bytes = 65536
+
+[channels.pcm]
+kind = "pool"
+slots = 2
+slot_bytes = 65536
+
+[channels.prompts]
+kind = "pool"
+slots = 4
+slot_bytes = 65536
+
+[channels.tokens]
+kind = "ring"
+slots = 256
+record = "token"
+
+[channels.engine_stats]
+kind = "ring"
+slots = 16
+record = "engine_stats"
+
+[stages.gateway]
+module = "execution.stage"
+inputs = ["tokens", "engine_stats"]
+outputs = ["frames", "pcm", "prompts"]
+params = { compute = "model", max_model_len = 4096 }
+"""
+
+
 def spec_text(stages: dict, crash_n: int = 5) -> str:
     out = SMALL_SPEC.format(crash_n=crash_n)
     for name, (module, ins, outs, extra) in stages.items():
@@ -81,13 +123,14 @@ def cli(*args, timeout: float = 60, check: bool = True) -> subprocess.CompletedP
 class Pipeline:
     """A `autoglm launch` subprocess and its output, read line by line."""
 
-    def __init__(self, spec_path: Path, instance: str, stages: list[str]):
+    def __init__(self, spec_path: Path, instance: str, stages: list[str], extra_args=()):
         self.instance = instance
         self.stages = stages
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launch.cli", "launch", str(spec_path), "--instance", instance],
+            [sys.executable, "-m", "launch.cli", "launch", str(spec_path), "--instance", instance,
+             *extra_args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
 

@@ -94,6 +94,8 @@ def test_missing_core_error_names_file_field_and_machine(tmp_path):
      "pipeline.cpu_latency_us: must be a latency in microseconds >= 0, got -5"),
     (('[http]', '[pipeline]\ncpu_latency_us = "low"\n[http]'),
      "pipeline.cpu_latency_us: must be int, got str 'low'"),
+    (('params = { max_tokens = 6 }', 'params = { max_tokens = 6, compute = "modle" }'),
+     "stages.decision.params.compute: must be one of model, minimal, got 'modle'"),
 ])
 def test_bad_fields_are_named(tmp_path, edit, needle):
     text = spec_text(STAGES)
