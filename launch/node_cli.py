@@ -45,7 +45,9 @@ def _fmt_mib(b):
 def _list(args) -> int:
     rows = _rows(args)
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        # The list skips DDS discovery (a second or more): topics are `node info`'s.
+        print(json.dumps([{k: v for k, v in r.as_dict().items()
+                           if k not in ("publishes", "subscribes")} for r in rows], indent=2))
         return 0
     if not rows:
         print(f"no stages in instance {args.instance!r} (is it launched?)")
