@@ -41,7 +41,8 @@ def write_manifest(inst: Instance, spec: LaunchSpec, spec_path: str) -> str:
                       for st in spec.stages.values()}}
     path = os.path.join(inst.path, MANIFEST)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    # 0600 as every file of the instance (docs/architecture.md), whatever the umask.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, path)
     return path

@@ -100,6 +100,16 @@ def test_idle_stages_sleep_instead_of_polling(pipeline, client):
     assert all(n < 30 for n in woke.values()), woke
 
 
+def test_every_file_of_the_instance_is_the_owners_alone(pipeline):
+    from shm._paths import instance_dir
+
+    root = instance_dir(pipeline.instance)
+    assert os.stat(root).st_mode & 0o777 == 0o700
+    modes = {f: os.stat(os.path.join(root, f)).st_mode & 0o777 for f in os.listdir(root)}
+    assert "launch.json" in modes
+    assert {f: m for f, m in modes.items() if m != 0o600} == {}
+
+
 def test_node_list_and_info(pipeline, client):
     rows = json.loads(cli("node", "list", "--instance", pipeline.instance, "--json").stdout)
     by = {r["name"]: r for r in rows}
