@@ -122,7 +122,8 @@ class Gateway:
         self.preparer = preparer
         self.metrics = GatewayMetrics(config.served_name, client.stats)
         self.cache = ResponseCache(config.response_cache_size) if config.response_cache_size else None
-        self.limits = SchemaLimits(config.served_model_names, config.max_images)
+        self.limits = SchemaLimits(config.served_model_names, config.max_images,
+                                   config.max_audios)
         self._decode = decode_ids_fn(preparer.tok)
         self._token_text = token_text_fn(preparer.tok)
         self.media = MediaWorkers(config.media_cores) if config.media_cores else None

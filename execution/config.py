@@ -24,6 +24,7 @@ class GatewayConfig:
     api_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_images: int = 10
+    max_audios: int = 4
     response_cache_size: int = 0  # 0: off
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model_root: str = ""  # shown as "root" in /v1/models

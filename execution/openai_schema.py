@@ -129,14 +129,14 @@ def parse_chat_request(body: dict[str, Any], limits: SchemaLimits = SchemaLimits
                    for p in m.content)
     if n_images > limits.max_images:
         raise invalid(f"Too many images: the request has {n_images}, the limit is "
-                      f"{limits.max_images} per request (see --max-images).", param="messages",
-                      code="too_many_images")
+                      f"{limits.max_images} per request (--max-images, at most the slots of "
+                      "the frames pool).", param="messages", code="too_many_images")
     n_audios = sum(isinstance(p, AudioPart) for m in messages if not isinstance(m.content, str)
                    for p in m.content)
     if n_audios > limits.max_audios:
         raise invalid(f"Too many audio clips: the request has {n_audios}, the limit is "
-                      f"{limits.max_audios} per request.", param="messages",
-                      code="too_many_audios")
+                      f"{limits.max_audios} per request (at most the slots of the pcm pool).",
+                      param="messages", code="too_many_audios")
 
     n = _opt_int(body, "n", lo=1)
     if n is not None and n != 1:

@@ -32,8 +32,10 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
     tok = GlmTokenizer.from_dir(model_dir)
     images = ImageProcessor.from_dir(model_dir)
     client = client or ShmPipelineClient(instance)
-    own_size = _frame_at_own_size(client, instance) if isinstance(client, ShmPipelineClient) \
-        else None
+    own_size = None
+    if isinstance(client, ShmPipelineClient):
+        own_size = _frame_at_own_size(client, instance)
+        config = _within_pools(config, client, instance)
     audio_params = dict(audio_params or {})
     audio = AudioLayout.from_dir(model_dir, tok) if audio_mode == "embed" else None
     transcription = None
@@ -43,6 +45,25 @@ def build_gateway_app(model_dir: str | Path | None, instance: str,
     max_s = float(audio_params.get("max_seconds", DEFAULT_MAX_AUDIO_SECONDS))
     return build_app(config, client, RequestPreparer(tok, images, config.prepare, audio,
                                                      transcription, max_s, own_size))
+
+
+def _within_pools(config: GatewayConfig, client, instance: str) -> GatewayConfig:
+    """Per-request media limits no larger than the pools they go through: a request needs a
+    slot per image (frames) and per clip (pcm) at once, so one with more could never be
+    written, and would hold the pool while it waited."""
+    import dataclasses
+
+    from shm.errors import ChannelNotFoundError, InstanceNotFoundError
+    from shm.registry import Registry
+
+    limits = {}
+    for field, channel in (("max_images", "frames"), ("max_audios", "pcm")):
+        try:
+            slots = Registry(instance).channel(client.channels[channel]).count
+        except (ChannelNotFoundError, InstanceNotFoundError, KeyError):
+            continue
+        limits[field] = min(getattr(config, field), slots)
+    return dataclasses.replace(config, **limits)
 
 
 def _frame_at_own_size(client, instance: str):

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -125,6 +126,7 @@ class ShmPipelineClient:
         self._pools: dict = {}
         self._queues: dict[int, asyncio.Queue] = {}  # request key -> its events
         self._by_id: dict[str, int] = {}
+        self._media_lock = threading.Lock()   # see _build_request
         self._tasks: list[asyncio.Task] = []
         self._ring_reader = None
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
@@ -288,36 +290,56 @@ class ShmPipelineClient:
 
     def _submit_request(self, req: PreparedRequest) -> None:
         """Put the request's media and prompt into shm and publish it (blocking)."""
-        self._w_request.write(self._build_request(req))
+        self._publish(req, wait=True)
 
     def _submit_inline(self, req: PreparedRequest) -> bool:
         """Publish a text-only request without waiting for anything; False (nothing
         written) when it has media or the prompts pool has no free slot now."""
         if req.images or req.audios:
             return False
-        msg = self._build_request(req, wait=False)
-        if msg is None:
-            return False
-        self._w_request.write(msg)
-        return True
+        return self._publish(req, wait=False)
 
-    def _build_request(self, req: PreparedRequest, *, wait: bool = True):
-        """The Request message, its media and prompt written into shm. With ``wait=False``
-        (text-only requests) None when the prompts pool has no free slot now."""
+    def _publish(self, req: PreparedRequest, *, wait: bool) -> bool:
+        """Write the request's media and prompt into shm and the Request on DDS; False where
+        ``wait=False`` found no free prompts slot (nothing written). The slots of a request
+        that is not published go back at once: no reader would ever take them, and a pool
+        that lost a few that way refused every image after (a 503 per request, for good)."""
+        written: list = []
+        try:
+            msg = self._build_request(req, written, wait=wait)
+            if msg is None:
+                return False
+            self._w_request.write(msg)
+            return True
+        except BaseException:
+            for pool, ref in written:
+                pool.release(ref)
+            raise
+
+    def _build_request(self, req: PreparedRequest, written: list, *, wait: bool = True):
+        """The Request message, its media and prompt written into shm ((pool, ref) of each
+        slot appended to `written`). With ``wait=False`` (text-only requests) None when the
+        prompts pool has no free slot now."""
         from control.messages import INLINE_PROMPT_TOKENS, Request, SamplingParams, pack_extra
 
         t_shm = time.monotonic_ns()  # the gateway.shm_write span starts
         modalities, media = [], []
-        for im in req.images:
-            ref = self._pool(self.channels["frames"]).put(im.frame, readers=1,
-                                                         timeout=self.put_timeout)
-            modalities.append("image")
-            media.append(shm_ref(ref, im.frame.nbytes))
-        for au in req.audios:
-            pcm = np.ascontiguousarray(au.pcm, dtype=np.float32)
-            ref = self._pool(self.channels["pcm"]).put(pcm, readers=1, timeout=self.put_timeout)
-            modalities.append("audio")
-            media.append(shm_ref(ref, pcm.nbytes))
+        # One request at a time fills the media pools: requests that each took part of a pool
+        # and waited for the rest would hold it all between them, and all time out.
+        with self._media_lock if (req.images or req.audios) else contextlib.nullcontext():
+            for im in req.images:
+                pool = self._pool(self.channels["frames"])
+                ref = pool.put(im.frame, readers=1, timeout=self.put_timeout)
+                written.append((pool, ref))
+                modalities.append("image")
+                media.append(shm_ref(ref, im.frame.nbytes))
+            for au in req.audios:
+                pcm = np.ascontiguousarray(au.pcm, dtype=np.float32)
+                pool = self._pool(self.channels["pcm"])
+                ref = pool.put(pcm, readers=1, timeout=self.put_timeout)
+                written.append((pool, ref))
+                modalities.append("audio")
+                media.append(shm_ref(ref, pcm.nbytes))
         s = req.sampling
         extra = {"presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
                  "logprobs": s.logprobs, "top_logprobs": s.top_logprobs,
@@ -334,13 +356,14 @@ class ShmPipelineClient:
         else:
             from shm.errors import PoolExhaustedError
             ids = np.asarray(ids, dtype=np.int32)
+            pool = self._pool(self.channels["prompts"])
             try:
-                ref = self._pool(self.channels["prompts"]).put(
-                    ids, readers=1, timeout=self.put_timeout if wait else 0.0)
+                ref = pool.put(ids, readers=1, timeout=self.put_timeout if wait else 0.0)
             except PoolExhaustedError:
                 if wait:
                     raise
                 return None
+            written.append((pool, ref))
             prompt = shm_ref(ref, ids.nbytes)
         msg = Request(
             request_id=req.request_id, n_prompt_tokens=len(ids), prompt_ids=inline,

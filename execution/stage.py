@@ -7,8 +7,8 @@ template and image processor of the model directory; the shm/DDS client of this 
 and serves it with uvicorn in a thread of this process, on its own event loop, at the spec's
 [http] host/port (`autoglm launch --host/--port` override them). The stage announces `ready`
 only once the socket listens. Gateway settings come from params: served_model_names, api_key,
-max_model_len (default: the decision stage's, else the model's), max_images,
-response_cache_size. The audio stage's mode decides whether audio placeholders go into prompts.
+max_model_len (default: the decision stage's, else the model's), max_images, max_audios (both
+at most the slots of their pools), response_cache_size. The audio stage's mode decides whether audio placeholders go into prompts.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class HttpGatewayStage:
         media = p.get("allowed_local_media_path")
         config = GatewayConfig(
             served_model_names=tuple(names), api_key=p.get("api_key") or None,
-            max_images=int(p.get("max_images", 10)),
+            max_images=int(p.get("max_images", 10)), max_audios=int(p.get("max_audios", 4)),
             response_cache_size=int(p.get("response_cache_size", 0)), model_root=model_dir,
             media_cores=self._media_cores(ctx, p.get("media_cores", "auto")),
             prepare=PrepareConfig(max_model_len=self._max_model_len(ctx, model_dir),

@@ -295,6 +295,35 @@ def test_logit_bias_reaches_the_sampler(openai_client):
                                               logit_bias={str(10**7): 5})
 
 
+def test_requests_with_many_images_at_once_all_get_through(pipeline, openai_client):
+    """Each request fills several frames slots at once: sent together they took parts of the
+    pool, waited for the rest and all failed (503), leaving the pool full for good; one with
+    more images than the pool has slots could never be written."""
+    import openai
+    from shm.pool import SlotPool
+
+    frames = SlotPool.attach(pipeline.instance, "frames")
+    try:
+        url = png_data_url(720, 1600, seed=4)
+        content = [{"type": "image_url", "image_url": {"url": url}}] * 5 + \
+            [{"type": "text", "text": "Which screen is this?"}]
+        chat = openai_client.with_options(max_retries=0).chat.completions
+        with cf.ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(lambda _: chat.create(
+                model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=2),
+                range(3)))
+        assert all(r.choices[0].finish_reason for r in replies)
+        with pytest.raises(openai.BadRequestError, match=f"the limit is {frames.n_slots} per"):
+            chat.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}] * (frames.n_slots + 1)}])
+        deadline = time.monotonic() + 10
+        while frames.free_slots() != frames.n_slots:
+            assert time.monotonic() < deadline, frames.slot_states()
+            time.sleep(0.05)
+    finally:
+        frames.close()
+
+
 def _engine_load(url):
     m = metrics(url)
     return (m["autoglm:num_requests_running"], m["autoglm:num_requests_waiting"])

@@ -115,6 +115,34 @@ def test_a_text_request_is_published_by_submit_itself(pipeline):
     asyncio.run(main())
 
 
+def test_media_slots_of_a_request_not_published_go_back(pipeline):
+    """A request that cannot get all its frames slots gives back those it took: they were
+    left 'ready' for good, with no reader to come, and every image after was refused."""
+    from execution.pipeline_client import PipelineError
+    from shm.pool import SlotPool
+
+    img = PreparedImage(np.full((56, 84, 3), 7, np.uint8), (1, 4, 6), 6)
+
+    async def main():
+        client = ShmPipelineClient(pipeline, put_timeout=0.5)
+        await client.start()
+        frames = SlotPool.attach(pipeline, "frames")
+        try:
+            assert await client.wait_for_stages(N_STAGES, 20)
+            too_many = PreparedRequest("t-too-many", (1, 2), SamplingParams(max_tokens=2),
+                                       images=(img,) * (frames.n_slots + 1))
+            with pytest.raises(PipelineError, match="no free slot"):
+                [ev async for ev in client.submit(too_many)]
+            assert frames.free_slots() == frames.n_slots
+            one = PreparedRequest("t-one", (1, 2), SamplingParams(max_tokens=2), images=(img,))
+            assert len([t for ev in [ev async for ev in client.submit(one)]
+                        for t in ev.token_ids]) == 2
+        finally:
+            frames.close()
+            await client.close()
+    asyncio.run(main())
+
+
 def test_http_through_launched_pipeline(pipeline, glm_tok):
     from .harness import running_gateway
     client = ShmPipelineClient(pipeline)
