@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                     "best-effort observer) or of a recording (--input) and shows count and "
                     "p50/p90/p99/max latency per stage and per hop between stages.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--instance", help="attach to this running pipeline instance")
+    src.add_argument("--instance", help="attach to this running pipeline instance "
+                                        "(default 'default', as the other tools)")
     src.add_argument("--input", metavar="FILE", help="read a recording made with --record")
     p.add_argument("--domain-id", type=int, default=None,
                    help="DDS domain id when the instance runs on an explicit one")
@@ -88,8 +89,9 @@ def _run(args) -> int:
                 print(format_decode_cost(cost["decode_loop"]))
         return 0
     if not args.instance and not args.input:
-        raise SystemExit("autoglm profile: give --instance NAME (live) or --input FILE "
-                         "(a recording)")
+        from launch.instance_name import DEFAULT_INSTANCE
+
+        args.instance = DEFAULT_INSTANCE
     qs = _percentiles(args.percentiles)
     if args.refresh <= 0:
         raise SystemExit("autoglm profile: --refresh must be positive")

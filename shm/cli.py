@@ -46,7 +46,7 @@ def _ls(args) -> int:
         print("no autoglm shm instances")
         return 0
     for inst in infos:
-        state = "alive" if inst.owner_alive else "DEAD (reclaim with `autoglm shm clean`)"
+        state = "alive" if inst.owner_alive else f"DEAD (reclaim with `autoglm shm clean {inst.name}`)"
         print(f"instance {inst.name}  owner pid {inst.owner_pid} {state}  {inst.path}")
         if not inst.channels:
             print("  (no channels)")
