@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     st.add_argument("value", help="a JSON value (true, 3, 0.5, \"text\", [1, 2]); a bare word is a string")
     st.add_argument("--timeout", type=float, default=5.0,
                     help="seconds to wait for the stages to apply it (default 5)")
-    ls = sub.add_parser("list", help="the values set so far and who set them")
+    ls = sub.add_parser("list", help="the values set so far, as the launcher keeps them for "
+                                     "stages that restart")
     for q in (st, ls):
         add_instance_arg(q)
         q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -160,13 +161,14 @@ def _list(args) -> int:
 
     check_instance(args.instance, "param")
     with ControlPlane(args.instance, "param-cli") as plane:
-        values = {cfg.name: (cfg.value_json, cfg.source)
-                  for cfg in _listen(plane.reader(t.CONFIG), DISCOVERY_S)}
+        # The launcher re-publishes every value it keeps, so it is the source of all of them:
+        # who set a value first is not known here.
+        values = {cfg.name: cfg.value_json for cfg in _listen(plane.reader(t.CONFIG), DISCOVERY_S)}
     if args.json:
-        print(json.dumps({k: json.loads(v) for k, (v, _) in sorted(values.items())}))
+        print(json.dumps({k: json.loads(v) for k, v in sorted(values.items())}))
     elif not values:
         print(f"no config values set in instance {args.instance!r}")
     else:
-        for k, (v, src) in sorted(values.items()):
-            print(f"{k} = {v}   ({src})")
+        for k, v in sorted(values.items()):
+            print(f"{k} = {v}")
     return 0

@@ -37,7 +37,6 @@ import threading
 import time
 import traceback
 
-from profiler.emit import ENV_TRACE  # noqa: F401  "0": start with spans off (trace.enabled: on)
 from shm.inflight import MAX_ID_BYTES, InFlightBoard
 
 from .compute import ready_detail
