@@ -62,7 +62,11 @@ class EventKinds:
     DONE = "done"  # the stage finished the request
     CANCELLED = "cancelled"
     ERROR = "error"  # ``detail`` and ``code`` say what went wrong
-    ALL = (MODALITY_READY, DONE, CANCELLED, ERROR)
+    # From the launcher, ``source`` the stage that died: requests it had not taken yet (not on
+    # its in-flight board) will not be served by it, nor by its restart (requests are not kept
+    # for late readers). ``detail`` says why it died.
+    STAGE_LOST = "stage_lost"
+    ALL = (MODALITY_READY, DONE, CANCELLED, ERROR, STAGE_LOST)
 
 
 class Modalities:

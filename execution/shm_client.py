@@ -127,6 +127,12 @@ class ShmPipelineClient:
         self._queues: dict[int, asyncio.Queue] = {}  # request key -> its events
         self._by_id: dict[str, int] = {}
         self._media_lock = threading.Lock()   # see _build_request
+        # The stages a request with media still waits on (the producer of each of its
+        # modalities) until that stage's done, error or cancelled event for it: a stage lost
+        # meanwhile (hung, killed, restarted) never takes it, so it is failed (_pump_events).
+        self._awaiting: dict[str, set[str]] = {}
+        # modality -> the stage that turns it into embeddings; modality_ready events confirm.
+        self._producers = {"image": "vision", "audio": "audio"}
         self._tasks: list[asyncio.Task] = []
         self._ring_reader = None
         self._stage_lat: dict[str, deque] = defaultdict(lambda: deque(maxlen=STAGE_LATENCY_WINDOW))
@@ -284,6 +290,7 @@ class ShmPipelineClient:
         return request_id in self._by_id
 
     def _forget(self, request_id: str) -> None:
+        self._awaiting.pop(request_id, None)
         key = self._by_id.pop(request_id, None)
         if key is not None:
             self._queues.pop(key, None)
@@ -309,9 +316,14 @@ class ShmPipelineClient:
             msg = self._build_request(req, written, wait=wait)
             if msg is None:
                 return False
+            if req.images or req.audios:    # before the write: its events may come at once
+                self._awaiting[req.request_id] = {
+                    self._producers[m] for m, media in (("image", req.images),
+                                                        ("audio", req.audios)) if media}
             self._w_request.write(msg)
             return True
         except BaseException:
+            self._awaiting.pop(req.request_id, None)
             for pool, ref in written:
                 pool.release(ref)
             raise
@@ -421,9 +433,23 @@ class ShmPipelineClient:
                 # The stage's hold of the request: it took it at t_begin_ns.
                 self._stage_lat[ev.source].append((ev.t_mono_ns - ev.t_begin_ns) / 1e9)
             if ev.kind == "error":
-                key = self._by_id.get(ev.request_id)
-                if key is not None and key in self._queues:
-                    self._queues[key].put_nowait(PipelineError(_failure(ev)))
+                self._fail(ev.request_id, _failure(ev))
+            if ev.kind == "modality_ready":
+                self._producers[ev.modality] = ev.source
+            elif ev.kind in ("done", "error", "cancelled"):
+                waits = self._awaiting.get(ev.request_id)
+                if waits is not None:
+                    waits.discard(ev.source)
+            elif ev.kind == "stage_lost":
+                for rid, waits in list(self._awaiting.items()):
+                    if ev.source in waits:
+                        self._fail(rid, f"stage {ev.source!r} died ({ev.detail}) before it "
+                                        "took this request")
+
+    def _fail(self, request_id: str, why: str) -> None:
+        key = self._by_id.get(request_id)
+        if key is not None and key in self._queues:
+            self._queues[key].put_nowait(PipelineError(why))
 
     # --- transcribe-mode audio ------------------------------------------------------------
     def transcribe(self, request_id: str, clips, timeout: float) -> list[str]:

@@ -187,7 +187,7 @@ class Supervisor:
                         self.on_ready(sp)
 
     def _mark_dead(self, sp: StageProcess, reason: str, now: float) -> None:
-        from control.messages import StageEvent
+        from control.messages import EventKinds, StageEvent
 
         self._kill(sp)
         _drain(sp, 1.0)   # its traceback is read before its death is reported
@@ -203,6 +203,8 @@ class Supervisor:
             self.w_event.write(StageEvent(
                 request_id=rid, kind="error", code=503,
                 detail=f"stage {sp.name!r} died ({reason}) while working on this request"))
+        # And those it had not taken yet: the gateway fails the ones still waiting on it.
+        self.w_event.write(StageEvent(source=sp.name, kind=EventKinds.STAGE_LOST, detail=reason))
         if len(sp.failures) >= self.spec.crash_loop_failures:
             sp.crash_looping = True
             sp.restart_at = None

@@ -260,3 +260,44 @@ def test_a_shared_batch_goes_to_each_request_in_order_and_imports_nothing_on_the
     assert out[0] == "[] False"   # no module imported; numpy.ma was not loaded before either
     assert out[1] == "7 [[10, 11], [10]]"
     assert out[2] == "9 [[20, 21]]"
+
+
+def test_a_request_left_to_a_hung_stage_is_failed_when_the_stage_is_lost(pipeline):
+    """A request published while its vision stage hangs never reaches the stage's in-flight
+    board: when the launcher kills the hung stage (no heartbeat for dead_after_s) and restarts
+    it, the new process never sees it. It waited until the client gave up; now it is failed,
+    naming the stage."""
+    import json
+    import re
+    import signal
+
+    nodes = subprocess.run([sys.executable, "-m", "launch.cli", "node", "list", "--instance",
+                            pipeline, "--json"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    vision = next(r["pid"] for r in json.loads(nodes.stdout) if r["name"] == "vision")
+    img = PreparedImage(np.full((56, 84, 3), 9, np.uint8), (1, 4, 6), 6)
+
+    async def main():
+        client = ShmPipelineClient(pipeline)
+        await client.start()
+        try:
+            assert await client.wait_for_stages(N_STAGES, 20)
+            os.kill(vision, signal.SIGSTOP)
+            t0 = time.monotonic()
+            async def events_of(req):
+                return [ev async for ev in client.submit(req)]
+
+            events = await asyncio.wait_for(events_of(PreparedRequest(   # it hung for good
+                "t-hung", (1, 2), SamplingParams(max_tokens=2), images=(img,))), 30)
+            assert time.monotonic() - t0 < 30
+            assert events[-1].finish_reason == "error"
+            assert re.fullmatch(r"stage 'vision' died \(no heartbeat for .*\) before it took "
+                                "this request", events[-1].error), events[-1].error
+            assert await client.wait_for_stages(N_STAGES, 60)      # restarted, for the rest
+        finally:
+            try:
+                os.kill(vision, signal.SIGCONT)
+            except ProcessLookupError:
+                pass    # killed by the launcher, as it should be
+            await client.close()
+    asyncio.run(main())
