@@ -14,50 +14,15 @@ import time
 
 import pytest
 
-from launch_testkit import Pipeline, cli, unique_instance
+from launch_testkit import GATEWAY_SPEC, Pipeline, cli, unique_instance
 
-SPEC = """
-[http]
-port = 0
-
-[supervisor]
-heartbeat_s = 1.0
-dead_after_s = 3.0
-restart_backoff_s = 0.2
-crash_loop_failures = 3
-crash_loop_window_s = 60.0
-
-[channels.frames]
-kind = "pool"
-slots = 4
-slot_bytes = 1048576
-
-[channels.pcm]
-kind = "pool"
-slots = 2
-slot_bytes = 65536
-
-[channels.prompts]
-kind = "pool"
-slots = 8
-slot_bytes = 131072
-
+# The real HTTP gateway of launch_testkit.GATEWAY_SPEC, with the minimal vision and decision
+# stages: all three start in about a second.
+SPEC = GATEWAY_SPEC + """
 [channels.embeddings]
 kind = "pool"
 slots = 8
 slot_bytes = 65536
-
-[channels.tokens]
-kind = "ring"
-slots = 256
-record = "token"
-
-[stages.gateway]
-module = "execution.stage"
-cores = "auto"
-inputs = ["tokens"]
-outputs = ["frames", "pcm", "prompts"]
-params = { compute = "model" }
 
 [stages.vision]
 module = "perception.vision.stage"
