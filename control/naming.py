@@ -23,6 +23,8 @@ DOMAIN_ID_MAX = 101  # highest id whose ports stay below Linux's ephemeral port 
 DOMAIN_ID_PROTOCOL_MAX = 232  # 7400 + 250 * 232 + offsets still fits in 65535
 
 PARTITION_PREFIX = "autoglm."
+# The launcher's node name: the source of the events it writes on behalf of stages that died.
+LAUNCHER_NODE = "launcher"
 
 # Letters, digits, '_', '-', '.': safe in a partition name (no DDS wildcards '*' / '?'),
 # in file names and in shell commands.

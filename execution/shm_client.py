@@ -55,6 +55,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from control.naming import LAUNCHER_NODE
 from runtime.compute import request_key, shm_ref
 from runtime.records import FINISH_NAMES, FLAG_ERROR, FLAG_LAST, FLAG_LOGPROBS, TOKEN_HEAD
 
@@ -107,7 +108,7 @@ def _read_token_records(records: np.ndarray):
 def _failure(ev) -> str:
     """What an error event says to the client. The launcher's own (it fails the requests a
     dead stage held) name the stage already: "stage 'decision' died (...) while ..."."""
-    if ev.source == "launcher":
+    if ev.source == LAUNCHER_NODE:
         return ev.detail
     return f"stage {ev.source} failed the request: {ev.detail}"
 

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from control.naming import LAUNCHER_NODE
 from runtime.compute import read_ready_detail
 from runtime.lifecycle import State
 
@@ -36,7 +37,7 @@ MAX_BACKOFF_S = 10.0
 # A stage gets this long to send its first heartbeat (imports, DDS discovery, model load).
 STARTUP_GRACE_S = 30.0
 STOP_GRACE_S = 5.0
-SUPERVISOR_NODE = "launcher"
+SUPERVISOR_NODE = LAUNCHER_NODE
 
 
 @dataclass
