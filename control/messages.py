@@ -204,14 +204,20 @@ class Heartbeat(IdlStruct, typename="autoglm.control.Heartbeat"):
 
 @dataclass
 class ConfigValue(IdlStruct, typename="autoglm.control.ConfigValue"):
-    """A dynamic setting; keyed by name, the last value per name reaches late joiners."""
+    """A dynamic setting; keyed by name, the last value per name reaches late joiners.
+    ``value_json`` is JSON text (readable in any DDS tool), or CONFIG_WITHDRAWN: the setter
+    takes back a value no stage applied, and the launcher stops keeping the name."""
 
     name: str = ""
     request_id: str = ""
     t_mono_ns: int64 = 0
     source: str = ""
-    value_json: str = "null"  # JSON text: readable in any DDS tool
+    value_json: str = "null"
     key("name")
+
+
+# Never JSON, so never a value a stage could take.
+CONFIG_WITHDRAWN = ""
 
 
 @dataclass

@@ -216,6 +216,12 @@ class Writer(Generic[T]):
         self.plane._check_usable()
         self._dw.dispose(message)
 
+    def wait_for_acks(self, timeout: float = 5.0) -> bool:
+        """Wait until every matched reliable reader has acknowledged what this writer wrote;
+        False on timeout."""
+        self.plane._check_usable()
+        return bool(self._dw.wait_for_acks(int(timeout * 1e9)))
+
     @property
     def matched_readers(self) -> int:
         return self._dw.get_publication_matched_status().current_count

@@ -6,7 +6,7 @@ plus its compute's `config_params`), refused (a value of the wrong type: the sta
 type it expects, and keeps its value) or ignored (not its parameter: it names its own).
 `set` fails, exit 1 and one line, when a stage refused the value or no stage has the name.
 The launcher keeps the value alive, so a stage that restarts later gets it too; a value that
-no stage applied is replaced there by the one kept before (if any).
+no stage applied is replaced there by the one kept before, or withdrawn when there was none.
 """
 from __future__ import annotations
 
@@ -88,9 +88,20 @@ def _restore(plane, config_reader, writer, previous) -> bool:
     return False
 
 
+def _withdraw(writer, name: str) -> bool:
+    """Take back a value no stage applied that had none before it, so that the launcher keeps
+    nothing under its name (restarts would get it, `param list` would show it); True once the
+    launcher (every matched reader) has it."""
+    from control.messages import CONFIG_WITHDRAWN, ConfigValue
+
+    writer.write(ConfigValue(name=name, request_id=f"withdraw-{time.monotonic_ns():x}",
+                             value_json=CONFIG_WITHDRAWN))
+    return writer.wait_for_acks(3.0)
+
+
 def _set(args) -> int:
     from control import topics as t
-    from control.messages import ConfigValue, StageStates
+    from control.messages import CONFIG_WITHDRAWN, ConfigValue, StageStates
     from control.plane import ControlPlane
     from runtime.stage import CONFIG_APPLIED, CONFIG_IGNORED, CONFIG_KNOWN, CONFIG_REFUSED
 
@@ -110,7 +121,8 @@ def _set(args) -> int:
         if not live:
             raise SystemExit(f"autoglm param: no live stage in instance {args.instance!r} "
                              f"(is `autoglm launch --instance {args.instance}` running?)")
-        previous = next((c for c in reversed(kept) if c.name == name), None)
+        previous = next((c for c in reversed(kept)
+                         if c.name == name and c.value_json != CONFIG_WITHDRAWN), None)
         rid = f"param-{time.monotonic_ns():x}"
         writer = plane.writer(t.CONFIG)
         writer.write(ConfigValue(name=name, request_id=rid, value_json=value_json))
@@ -124,6 +136,8 @@ def _set(args) -> int:
         restored = False
         if not applied and previous is not None:
             restored = _restore(plane, config, writer, previous)
+        elif not applied:
+            _withdraw(writer, name)
     missing = sorted(live - set(answers))
     if args.json:
         print(json.dumps({"name": name, "value": value, "applied": applied, "refused": refused,
@@ -157,6 +171,7 @@ def _set(args) -> int:
 
 def _list(args) -> int:
     from control import topics as t
+    from control.messages import CONFIG_WITHDRAWN
     from control.plane import ControlPlane
 
     check_instance(args.instance, "param")
@@ -164,6 +179,7 @@ def _list(args) -> int:
         # The launcher re-publishes every value it keeps, so it is the source of all of them:
         # who set a value first is not known here.
         values = {cfg.name: cfg.value_json for cfg in _listen(plane.reader(t.CONFIG), DISCOVERY_S)}
+    values = {k: v for k, v in values.items() if v != CONFIG_WITHDRAWN}
     if args.json:
         print(json.dumps({k: json.loads(v) for k, v in sorted(values.items())}))
     elif not values:

@@ -164,10 +164,14 @@ class Supervisor:
         return [sp for sp in self.stages.values() if sp.crash_looping]
 
     def _read_dds(self, now: float) -> None:
-        from control.messages import ConfigValue
+        from control.messages import CONFIG_WITHDRAWN, ConfigValue
 
         for cfg in self.r_config.take(0):
-            if cfg.source != SUPERVISOR_NODE:   # same request id: stages apply it once
+            if cfg.source == SUPERVISOR_NODE:
+                continue
+            if cfg.value_json == CONFIG_WITHDRAWN:   # kept no longer: restarts do not get it
+                self.w_config.dispose(ConfigValue(name=cfg.name))
+            else:   # same request id: stages apply it once
                 self.w_config.write(ConfigValue(name=cfg.name, request_id=cfg.request_id,
                                                 value_json=cfg.value_json))
         for hb in self.r_hb.take(0):

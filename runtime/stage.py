@@ -358,6 +358,10 @@ class StageRuntime:
                 self.finish(rid, "error", detail=f"{self.name}: {type(e).__name__}: {e}")
 
     def _apply_config(self, cfg) -> None:
+        from control.messages import CONFIG_WITHDRAWN
+
+        if cfg.value_json == CONFIG_WITHDRAWN:
+            return   # for the launcher: a value no stage applied, which it keeps no longer
         if cfg.request_id:
             if cfg.request_id in self._config_seen:
                 return  # the launcher's copy of a value already applied (it keeps values

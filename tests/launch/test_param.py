@@ -136,23 +136,55 @@ def test_a_value_of_the_wrong_type_is_refused_and_the_stage_lives_on(pipeline):
     time.sleep(0.5)
     assert pids(pipeline) == before            # nobody died
     # The value every stage refused is not what the launcher keeps: 3 is, for restarts too.
-    listed = json.loads(cli("param", "list", "--instance", pipeline.instance, "--json").stdout)
-    assert listed["decision.max_tokens"] == 3
+    assert listed(pipeline)["decision.max_tokens"] == 3
     assert chat(pipeline, max_tokens=8)["usage"]["completion_tokens"] == 3
     restart(pipeline, "decision")
     assert chat(pipeline, max_tokens=8)["usage"]["completion_tokens"] == 3
 
 
+def listed(pipeline) -> dict:
+    return json.loads(cli("param", "list", "--instance", pipeline.instance, "--json").stdout)
+
+
+def test_a_refused_value_with_none_before_is_withdrawn_not_kept(pipeline):
+    """`param set` of a value no stage applied, of a name never set: the launcher keeps
+    nothing under that name (it kept the refused value, listed it, and sent it to every
+    restart of the stage, which refused it again)."""
+    for args in (("vision.scale", "big"), ("nosuch.thing", "3")):
+        assert param(pipeline, *args, check=False).returncode == 1
+    deadline = time.monotonic() + 10
+    while {"vision.scale", "nosuch.thing"} & set(listed(pipeline)):
+        assert time.monotonic() < deadline, listed(pipeline)
+    start = restart(pipeline, "vision")
+    time.sleep(1.0)   # the launcher's kept values reach a new stage at once
+    assert not [line for line in pipeline.lines[start:] if "config vision.scale" in line]
+
+
 def test_a_kept_bad_value_does_not_crash_loop_a_restarted_stage(pipeline):
-    """A bad value with no earlier one to put back stays kept by the launcher: each restart
-    of the stage gets it, refuses it, and serves."""
-    r = param(pipeline, "vision.delay_s", "-1", check=False)
-    assert r.returncode == 1 and "refused by vision: expected a number >= 0, got -1" in r.stderr
+    """A bad value written on the config topic by another tool than `param set` (which takes
+    back what no stage applied) stays kept by the launcher: each restart of the stage gets
+    it, refuses it, and serves."""
+    from control import topics as t
+    from control.messages import ConfigValue
+    from control.plane import ControlPlane
+
+    with ControlPlane(pipeline.instance, "test-dds-tool") as plane:
+        w = plane.writer(t.CONFIG)
+        assert w.wait_for_readers(4, timeout=10)   # the launcher and the three stages
+        w.write(ConfigValue(name="vision.delay_s", request_id="tool-1", value_json="-1"))
+        assert w.wait_for_acks(5)
+    pipeline.wait_for_line("config vision.delay_s=-1 refused", 10)
+    assert listed(pipeline)["vision.delay_s"] == -1
+
+    def vision_row() -> dict:
+        rows = json.loads(cli("node", "list", "--instance", pipeline.instance, "--json").stdout)
+        return next(r for r in rows if r["name"] == "vision")
+
+    before = vision_row()["restarts"]
     restart(pipeline, "vision")
     time.sleep(2.0)   # long enough for a crash loop (backoff 0.2 s) to show
-    rows = {r["name"]: r for r in json.loads(cli("node", "list", "--instance",
-                                                  pipeline.instance, "--json").stdout)}
-    assert rows["vision"]["state"] in ("ready", "busy") and rows["vision"]["restarts"] == 1
+    row = vision_row()
+    assert row["state"] in ("ready", "busy") and row["restarts"] == before + 1
     assert not any("crash-looping" in line for line in pipeline.lines)
 
 
@@ -237,8 +269,7 @@ def test_decode_cost_measurement_puts_tracing_back_as_it_was(pipeline, spans, pa
     param(pipeline, "trace.enabled", "off")
     c = measure_decode_cost(pipeline.instance, paced_url, rounds=1, concurrency=1, max_tokens=4)
     assert [r["tracing"] for r in c["rounds"]] == [False, True]
-    listed = json.loads(cli("param", "list", "--instance", pipeline.instance, "--json").stdout)
-    assert listed["trace.enabled"] is False
+    assert listed(pipeline)["trace.enabled"] is False
     assert no_spans_from_a_request()         # the stages themselves are off again
     # A measurement that fails (the minimal pipeline's tokens come in one chunk: no decode
     # speed) puts it back too.
