@@ -221,6 +221,19 @@ CONFIG_WITHDRAWN = ""
 
 
 @dataclass
+class ConfigAnswer(IdlStruct, typename="autoglm.control.ConfigAnswer"):
+    """A stage's answer (``source``) to the config value ``request_id``: ``outcome`` is
+    "applied", "refused: WHY" or "ignored: ..." (runtime.stage's CONFIG_* words)."""
+
+    request_id: str = ""
+    t_mono_ns: int64 = 0
+    source: str = ""
+    name: str = ""
+    value_json: str = ""
+    outcome: str = ""
+
+
+@dataclass
 class TraceSpan(IdlStruct, typename="autoglm.control.TraceSpan"):
     """A timed piece of work of one request in one stage (``source``)."""
 

@@ -150,11 +150,16 @@ STAGE_EVENT = TopicSpec("autoglm/event", m.StageEvent, STREAM,
                         "per-request progress: started, modality_ready, done, cancelled, error")
 CONFIG = TopicSpec("autoglm/config", m.ConfigValue, LATEST,
                    "dynamic settings, JSON values (keyed by name; late joiners get the last)")
+# Answers on a stream of their own: on the state topic (keep-last per stage) the next state
+# a stage said could take an answer's place before `param set` read it.
+CONFIG_ANSWER = TopicSpec("autoglm/config/answer", m.ConfigAnswer, STREAM,
+                          "each stage's answer to a config value: applied, refused (why) or "
+                          "ignored (its own names)")
 TRACE_SPAN = TopicSpec("autoglm/trace", m.TraceSpan, TRACE, "timed spans for the profiler")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (LIFECYCLE_COMMAND, STAGE_STATE, HEARTBEAT, REQUEST,
                                      REQUEST_IMAGE, REQUEST_AUDIO, TRANSCRIBE, CANCEL,
-                                     STAGE_EVENT, CONFIG, TRACE_SPAN)
+                                     STAGE_EVENT, CONFIG, CONFIG_ANSWER, TRACE_SPAN)
 _BY_NAME = {spec.name: spec for spec in ALL_TOPICS}
 # Modality -> the topic of the requests carrying it.
 REQUEST_BY_MODALITY = {m.Modalities.IMAGE: REQUEST_IMAGE, m.Modalities.AUDIO: REQUEST_AUDIO}

@@ -1,7 +1,7 @@
 """`autoglm param set NAME VALUE` and `autoglm param list`: run-time config values of a pipeline.
 
-A value goes out on the DDS config topic; every stage answers on its state topic, which
-`set` waits for: applied (the stage has a parameter of that name: `trace.enabled` for all,
+A value goes out on the DDS config topic; every stage answers on the config answer topic,
+which `set` waits for: applied (the stage has a parameter of that name: `trace.enabled` for all,
 plus its compute's `config_params`), refused (a value of the wrong type: the stage names the
 type it expects, and keeps its value) or ignored (not its parameter: it names its own).
 `set` fails, exit 1 and one line, when a stage refused the value or no stage has the name.
@@ -60,15 +60,15 @@ def parse_value(text: str):
         return text
 
 
-def _answers(states, rid: str, prefix: str, live: set, timeout: float) -> dict[str, str]:
-    """Each stage's answer to config value `rid`: the tail of its state's detail after
-    "config NAME=VALUE " (runtime.stage: applied / refused: ... / ignored: ...)."""
+def _answers(answers, rid: str, live: set, timeout: float) -> dict[str, str]:
+    """Each stage's answer to config value `rid` (runtime.stage: applied / refused: ... /
+    ignored: ...)."""
     got: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while set(got) < live and time.monotonic() < deadline:
-        for s in states.take(0.1):
-            if s.request_id == rid and s.source == s.stage and s.detail.startswith(prefix):
-                got[s.stage] = s.detail[len(prefix):]
+        for a in answers.take(0.1):
+            if a.request_id == rid:
+                got[a.source] = a.outcome
     return got
 
 
@@ -116,29 +116,31 @@ def _set(args) -> int:
     with ControlPlane(args.instance, "param-cli") as plane:
         states = plane.reader(t.STAGE_STATE)
         config = plane.reader(t.CONFIG)
+        answers = plane.reader(t.CONFIG_ANSWER)
         seen, kept = _listen(states, DISCOVERY_S, config)
         live = {s.stage for s in seen if s.state != StageStates.DEAD}
         if not live:
             raise SystemExit(f"autoglm param: no live stage in instance {args.instance!r} "
                              f"(is `autoglm launch --instance {args.instance}` running?)")
+        answers.wait_for_writers(len(live), timeout=args.timeout)   # a stream: no history
         previous = next((c for c in reversed(kept)
                          if c.name == name and c.value_json != CONFIG_WITHDRAWN), None)
         rid = f"param-{time.monotonic_ns():x}"
         writer = plane.writer(t.CONFIG)
         writer.write(ConfigValue(name=name, request_id=rid, value_json=value_json))
-        answers = _answers(states, rid, f"config {name}={value_json} ", live, args.timeout)
-        applied = sorted(st for st, a in answers.items() if a.startswith(CONFIG_APPLIED))
-        refused = {st: a[len(CONFIG_REFUSED):] for st, a in answers.items()
+        outcomes = _answers(answers, rid, live, args.timeout)
+        applied = sorted(st for st, a in outcomes.items() if a.startswith(CONFIG_APPLIED))
+        refused = {st: a[len(CONFIG_REFUSED):] for st, a in outcomes.items()
                    if a.startswith(CONFIG_REFUSED)}
-        ignored = sorted(st for st, a in answers.items() if a.startswith(CONFIG_IGNORED))
-        known = sorted({n.strip() for st in ignored for n in answers[st].partition(
+        ignored = sorted(st for st, a in outcomes.items() if a.startswith(CONFIG_IGNORED))
+        known = sorted({n.strip() for st in ignored for n in outcomes[st].partition(
             CONFIG_KNOWN)[2].rstrip(")").split(",") if n.strip()})
         restored = False
         if not applied and previous is not None:
             restored = _restore(plane, config, writer, previous)
         elif not applied:
             _withdraw(writer, name)
-    missing = sorted(live - set(answers))
+    missing = sorted(live - set(outcomes))
     if args.json:
         print(json.dumps({"name": name, "value": value, "applied": applied, "refused": refused,
                           "ignored": ignored, "known": known, "missing": missing,

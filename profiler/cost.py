@@ -126,7 +126,7 @@ def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
                 settle_s: float = 1.0) -> list[bool]:
     """Switch every stage's span emission on or off (config value ``trace.enabled``, applied
     by the stage runtime between messages). Returns what the stages that answered within
-    ``settle_s`` had before (each says "spans were on/off" on its state topic)."""
+    ``settle_s`` had before (each answers "applied (spans were on/off)")."""
     import json
 
     from control import topics as t
@@ -137,18 +137,19 @@ def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
 
     with ControlPlane(instance, f"trace-switch-{uuid.uuid4().hex[:6]}",
                       domain_id=domain_id) as plane:
-        states = plane.reader(t.STAGE_STATE)
+        answers = plane.reader(t.CONFIG_ANSWER)
         w = plane.writer(t.CONFIG)
         w.wait_for_readers(1, timeout=5.0)
+        answers.wait_for_writers(1, timeout=5.0)
         rid = uuid.uuid4().hex[:12]
         w.write(ConfigValue(name=TRACE_CONFIG, request_id=rid,
                             value_json=json.dumps(bool(enabled))))
         was: dict[str, bool] = {}
         deadline = time.monotonic() + settle_s   # transient-local: stages take it on their next pass
         while time.monotonic() < deadline:
-            for st in states.take(0.05):
-                if st.request_id == rid and "(spans were " in st.detail:
-                    was[st.stage] = "(spans were on)" in st.detail
+            for a in answers.take(0.05):
+                if a.request_id == rid and "(spans were " in a.outcome:
+                    was[a.source] = "(spans were on)" in a.outcome
     return list(was.values())
 
 

@@ -267,6 +267,7 @@ class StageRuntime:
         # as the gateway's own emitter in this process does (execution.shm_client).
         self.tracer = SpanEmitter(self.w_trace, enabled=None, bundle=True)
         self.r_config = self.plane.reader(t.CONFIG)
+        self.w_config_answer = self.plane.writer(t.CONFIG_ANSWER)
         self.r_command = self.plane.reader(t.LIFECYCLE_COMMAND)
         # Every topic a compute may take: (reader, handler, modality of the requests it
         # carries). Made now, before the compute is built, so that discovery is done while the
@@ -358,7 +359,7 @@ class StageRuntime:
                 self.finish(rid, "error", detail=f"{self.name}: {type(e).__name__}: {e}")
 
     def _apply_config(self, cfg) -> None:
-        from control.messages import CONFIG_WITHDRAWN
+        from control.messages import CONFIG_WITHDRAWN, ConfigAnswer
 
         if cfg.value_json == CONFIG_WITHDRAWN:
             return   # for the launcher: a value no stage applied, which it keeps no longer
@@ -376,7 +377,10 @@ class StageRuntime:
                 f"{type(e).__name__}: {e}"
             outcome = CONFIG_REFUSED + (reason.splitlines() or [""])[0]   # one line
             self.ctx.log(f"config {cfg.name}={cfg.value_json[:80]} {outcome}")
-        # Say so on the state topic, so tools (and tests) see the value arrived.
+        # The answer for whoever set it (`param set` waits for every stage's), and the stage's
+        # state says it too, for tools that join later (a restarted stage's kept values).
+        self.w_config_answer.write(ConfigAnswer(request_id=cfg.request_id, name=cfg.name,
+                                                value_json=cfg.value_json, outcome=outcome))
         self._publish_state(self.lifecycle.state, request_id=cfg.request_id,
                             detail=f"config {cfg.name}={cfg.value_json} {outcome}")
 
