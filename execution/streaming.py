@@ -116,8 +116,8 @@ def completion_body(completion_id: str, model: str, content: str, reasoning: str
                     created: int | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning is not None:
-        message["reasoning_content"] = reasoning
-        message["reasoning"] = reasoning
+        # None (null) when there was none, as vLLM answers; a streamed reply says nothing.
+        message["reasoning_content"] = message["reasoning"] = reasoning or None
     return {
         "id": completion_id,
         "object": "chat.completion",

@@ -91,6 +91,19 @@ def test_return_reasoning_splits_fields(glm_tok):
     assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
 
 
+def test_return_reasoning_with_no_reasoning_says_null(glm_tok):
+    """As vLLM: a reply with no thinking has reasoning_content null (it was ""), and a streamed
+    one no reasoning field in any chunk."""
+    with running_gateway(glm_tok, ScriptedPipeline(glm_tok, "plain answer")) as (url, _):
+        b = post(url, return_reasoning=True).json()
+        ev = sse_events(post(url, stream=True, return_reasoning=True).text)
+    msg = b["choices"][0]["message"]
+    assert msg["content"] == "plain answer"
+    assert "reasoning_content" in msg and msg["reasoning_content"] is None
+    assert msg["reasoning"] is None
+    assert not any("reasoning_content" in e["choices"][0]["delta"] for e in ev if e["choices"])
+
+
 def test_enable_thinking_false_reaches_the_template(glm_tok):
     pipe = ScriptedPipeline(glm_tok, "plain answer")
     with running_gateway(glm_tok, pipe) as (url, _):
