@@ -87,7 +87,8 @@ def stage_table(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES) -> dict[
 # ------------------------------------------------------------------------------ hops
 def request_hops(spans: Sequence[Span]) -> list[tuple[str, int]]:
     """(hop name, gap ns) of one request's spans (see module doc)."""
-    flow = [s for s in spans if s.name not in REPEATED_SPANS and not _bookkeeping(s.name)]
+    steps = [s for s in spans if not _bookkeeping(s.name)]
+    flow = [s for s in steps if s.name not in REPEATED_SPANS]
     hops = []
     for b in flow:
         pred = None
@@ -97,8 +98,10 @@ def request_hops(spans: Sequence[Span]) -> list[tuple[str, int]]:
                 pred = a
         if pred is None:
             continue
+        # Spans left many times count here: a decode step after pred means the decision
+        # stage was already at work, and its last_token mark is no reaction to pred.
         earlier_reaction = any(s.source == b.source and pred.end_ns <= s.start_ns < b.start_ns
-                               for s in flow)
+                               for s in steps)
         if not earlier_reaction:
             hops.append((f"{pred.name} -> {b.name}", b.start_ns - pred.end_ns))
     return hops
@@ -191,7 +194,9 @@ def overhead_report(spans: Iterable[Span], percentiles=DEFAULT_PERCENTILES,
 
 def request_breakdown(spans: Sequence[Span]) -> list[dict]:
     """Rows describing where one request's time went, in start order: offset from the first
-    span's start, duration, and the gap since the previous span ended (ms)."""
+    span's start, duration, and the gap since the earlier spans ended (ms; 0 when one of them
+    still ran). A stage's hold of the request ("decision.done") spans the finer ones it
+    covers: it sets no gap, which would read as negative for each of them."""
     if not spans:
         return []
     spans = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
@@ -200,9 +205,10 @@ def request_breakdown(spans: Sequence[Span]) -> list[dict]:
     for s in spans:
         rows.append({"name": s.name, "source": s.source, "pid": s.pid,
                      "offset_ms": (s.start_ns - t0) / 1e6, "duration_ms": s.duration_ns / 1e6,
-                     "gap_ms": None if last_end is None else (s.start_ns - last_end) / 1e6,
+                     "gap_ms": None if last_end is None else max(0, s.start_ns - last_end) / 1e6,
                      "attrs": s.attrs})
-        last_end = s.end_ns if last_end is None else max(last_end, s.end_ns)
+        if not _bookkeeping(s.name):
+            last_end = s.end_ns if last_end is None else max(last_end, s.end_ns)
     return rows
 
 

@@ -9,8 +9,8 @@ from conftest import unique_instance
 
 from profiler.recording import read_recording, write_recording
 from profiler.spans import Span
-from profiler.stats import overhead_breakdown, overhead_report, overhead_segments, request_hops, \
-    request_timing, summarize_ns, union_ns
+from profiler.stats import overhead_breakdown, overhead_report, overhead_segments, request_breakdown, \
+    request_hops, request_timing, summarize_ns, union_ns
 
 MS = 1_000_000
 
@@ -48,6 +48,38 @@ def test_hops_pair_each_stage_with_what_woke_it():
     # token spans take part in no hop; the response follows the prefill's hop chain.
     assert "decision.prefill -> gateway.response_sent" in hops
     assert not any("decision.token" in h for h in hops)
+
+
+def test_decode_steps_between_two_spans_make_no_hop_of_them():
+    """A streamed request: the gateway's first_chunk mark, then the decode steps, then the
+    last_token mark. last_token is no reaction to first_chunk (the table showed the decode
+    time as the hop 'gateway.first_chunk -> decision.last_token')."""
+    spans = [sp("decision.prefill", "decision", 0, 10),
+             sp("decision.first_token", "decision", 10.05, 10.05),
+             sp("gateway.first_chunk", "gateway", 10.3, 10.3),
+             *(sp("decision.token", "decision", 10 + 3 * i, 13 + 3 * i) for i in range(5)),
+             sp("decision.last_token", "decision", 25, 25),
+             sp("gateway.response_sent", "gateway", 25.2, 25.4)]
+    hops = dict(request_hops(spans))
+    assert "gateway.first_chunk -> decision.last_token" not in hops
+    assert hops["decision.first_token -> gateway.first_chunk"] == int(0.25 * MS)
+    assert hops["decision.last_token -> gateway.response_sent"] == int(0.2 * MS)
+
+
+def test_request_breakdown_gaps_are_never_negative():
+    """A stage's hold of the request (decision.done) covers the spans after it: the gap of
+    each is from the finer spans' ends (it read -73 ms, -44 ms, ...), and one that began while
+    another still ran has gap 0."""
+    spans = [sp("gateway.receive", "gateway", 0, 1), sp("decision.done", "decision", 1.1, 30),
+             sp("decision.admission", "decision", 1.2, 2), sp("vision.encode", "vision", 1.5, 5),
+             sp("decision.prefill", "decision", 5.5, 20), sp("gateway.response_sent", "gateway", 30.5, 31)]
+    gaps = {r["name"]: r["gap_ms"] for r in request_breakdown(spans)}
+    assert gaps["gateway.receive"] is None
+    assert gaps["decision.done"] == pytest.approx(0.1)
+    assert gaps["decision.admission"] == pytest.approx(0.2)
+    assert gaps["vision.encode"] == 0          # admission still ran
+    assert gaps["decision.prefill"] == pytest.approx(0.5)
+    assert gaps["gateway.response_sent"] == pytest.approx(10.5)
 
 
 def test_overhead_is_e2e_minus_compute_union():
