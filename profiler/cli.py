@@ -26,8 +26,8 @@ def register(subparsers) -> None:
                    help="DDS domain id when the instance runs on an explicit one")
     p.add_argument("--duration", type=float, default=None,
                    help="live: stop after this many seconds (default: until Ctrl-C)")
-    p.add_argument("--refresh", type=float, default=1.0,
-                   help="live: seconds between redraws (default: %(default)s)")
+    p.add_argument("--refresh", type=float, default=None,
+                   help="live: seconds between redraws (default: 1)")
     p.add_argument("--request", metavar="ID",
                    help="show where this request's time went (live: waits for its response)")
     p.add_argument("--out", metavar="TRACE.json", help="write a Chrome/Perfetto trace file")
@@ -44,8 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--base-url", default=None,
                    help="--measure-cost --instance: the pipeline's HTTP API root, e.g. "
                         "http://127.0.0.1:8000")
-    p.add_argument("--cost-rounds", type=int, default=3,
-                   help="--measure-cost --instance: off/on round pairs (default: %(default)s)")
+    p.add_argument("--cost-rounds", type=int, default=None,
+                   help="--measure-cost --instance: off/on round pairs (default: 3)")
     p.set_defaults(func=_run)
 
 
@@ -55,12 +55,37 @@ def _percentiles(text: str) -> tuple[float, ...]:
     except ValueError:
         raise SystemExit(f"autoglm profile: --percentiles must be numbers like 50,90,99, "
                          f"got {text!r}") from None
-    if not qs or any(not 0 <= q <= 100 for q in qs):
-        raise SystemExit(f"autoglm profile: percentiles must lie in 0..100, got {text!r}")
+    if not qs:
+        raise SystemExit("autoglm profile: --percentiles is empty")
+    for q in qs:   # as `bench serve` takes them
+        if not 0 < q <= 100:
+            raise SystemExit(f"autoglm profile: --percentiles: {q:g} is not in (0, 100]")
     return qs
 
 
+def _refuse_unused(args) -> None:
+    """Options that would be ignored by the mode asked for are refused, naming them."""
+    live_only = [name for name, given in (
+        ("--duration", args.duration is not None), ("--refresh", args.refresh is not None),
+        ("--domain-id", args.domain_id is not None)) if given]
+    if args.input and live_only:
+        raise SystemExit(f"autoglm profile: {', '.join(live_only)} is for a live pipeline, "
+                         "not --input (a recording)")
+    if args.measure_cost is not None:
+        others = [name for name, given in (
+            ("--input", args.input), ("--request", args.request), ("--out", args.out),
+            ("--record", args.record), ("--duration", args.duration is not None)) if given]
+        if others:
+            raise SystemExit(f"autoglm profile: --measure-cost takes none of {', '.join(others)}")
+    elif args.base_url or args.cost_rounds is not None:
+        raise SystemExit("autoglm profile: --base-url and --cost-rounds are for "
+                         "--measure-cost --instance")
+
+
 def _run(args) -> int:
+    _refuse_unused(args)
+    args.refresh = 1.0 if args.refresh is None else args.refresh
+    args.cost_rounds = 3 if args.cost_rounds is None else args.cost_rounds
     if args.measure_cost is not None:
         from .cost import format_cost, measure_emission_cost
 
@@ -101,13 +126,21 @@ def _run(args) -> int:
         from .recording import read_recording, write_recording
 
         try:
-            _, spans = read_recording(args.input)
+            header, spans = read_recording(args.input)
         except (OSError, ValueError) as e:
             raise SystemExit(f"autoglm profile: {e}") from None
+        if "cut_short_line" in header:
+            print(f"autoglm profile: {args.input}:{header['cut_short_line']}: the last line was "
+                  "cut short (a recorder stopped while writing it); left out", file=sys.stderr)
         if args.record:
-            write_recording(args.record, spans)
+            try:
+                write_recording(args.record, spans, header.get("instance", ""))
+            except OSError as e:
+                raise SystemExit(f"autoglm profile: {e}") from None
     else:
         spans = _live(args, qs)
+        if not spans:
+            return 1
     return _final(args, spans, qs)
 
 
@@ -118,7 +151,13 @@ def _live(args, qs) -> list:
     from .recording import RecordingWriter
     from .spans import GATEWAY_RESPONSE_SENT
 
+    from shm._paths import instance_dir
+    from shm.instance import read_owner
+
     check_instance(args.instance, "profile")    # the names `autoglm launch` takes
+    stop_on_sigterm()   # as Ctrl-C: the tables, the trace file and the recording still come
+    owner = read_owner(instance_dir(args.instance))
+    running = owner is not None and owner.alive
     recorder = None
     if args.record:
         try:
@@ -129,7 +168,9 @@ def _live(args, qs) -> list:
     deadline = None if args.duration is None else time.monotonic() + args.duration
     collector = SpanCollector(args.instance, domain_id=args.domain_id,
                               on_span=recorder.write if recorder else None)
-    print(f"attached to instance {args.instance!r} (domain {collector.plane.domain_id}); "
+    state = "attached to" if running else \
+        "no pipeline runs here yet (`autoglm shm ls` lists them); waiting for"
+    print(f"{state} instance {args.instance!r} (domain {collector.plane.domain_id}); "
           f"reading {'' if args.duration is None else f'for {args.duration:g} s '}"
           "— Ctrl-C to stop", file=sys.stderr)
     try:
@@ -157,9 +198,19 @@ def _live(args, qs) -> list:
             recorder.close()
             print(f"recorded {recorder.count} spans to {args.record}", file=sys.stderr)
     if not spans:
-        print(f"no spans came from instance {args.instance!r}: is it launched (`autoglm shm "
-              "ls`), with tracing on (`autoglm param list`)?", file=sys.stderr)
+        print(f"autoglm profile: no spans came from instance {args.instance!r}: is it launched "
+              "(`autoglm shm ls`), with tracing on (`autoglm param list`)?", file=sys.stderr)
     return spans
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a service manager) ends a live run as Ctrl-C does."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _screen(title: str, spans, qs, live: bool) -> str:
@@ -174,9 +225,14 @@ def _screen(title: str, spans, qs, live: bool) -> str:
 
 
 def _final(args, spans, qs) -> int:
-    from .stats import hop_table, overhead_report, request_breakdown, stage_table
+    from .stats import DEFAULT_PERCENTILES, hop_table, overhead_report, request_breakdown, \
+        stage_table
     from .view import breakdown_table, overhead_lines
 
+    mine = [s for s in spans if s.request_id == args.request] if args.request else None
+    if args.request and not mine:
+        raise SystemExit(f"autoglm profile: no spans of request {args.request!r} "
+                         f"({len(spans)} spans read)")
     if args.out:
         from .perfetto import write_trace
 
@@ -185,15 +241,13 @@ def _final(args, spans, qs) -> int:
         except OSError as e:
             raise SystemExit(f"autoglm profile: cannot write {args.out}: {e}") from None
         print(f"wrote {n} spans to {args.out} (open in https://ui.perfetto.dev)", file=sys.stderr)
-    mine = [s for s in spans if s.request_id == args.request] if args.request else None
-    if args.request and not mine:
-        raise SystemExit(f"autoglm profile: no spans of request {args.request!r} "
-                         f"({len(spans)} spans read)")
+    # The overhead lines say p50 and p99 whatever the tables show.
+    overhead_qs = sorted({*DEFAULT_PERCENTILES, *qs})
     if args.json:
         doc = {"spans": len(spans),
                "stages": {k: v.to_json_obj() for k, v in stage_table(spans, qs).items()},
                "hops": {k: v.to_json_obj() for k, v in hop_table(spans, qs).items()},
-               "overhead": overhead_report(spans)}
+               "overhead": overhead_report(spans, overhead_qs)}
         if mine is not None:
             doc["request"] = {"id": args.request, "spans": request_breakdown(mine)}
         print(json.dumps(doc, indent=2))
@@ -203,5 +257,5 @@ def _final(args, spans, qs) -> int:
         print(breakdown_table(args.request, request_breakdown(mine)))
         return 0
     print(_screen(title, spans, qs, live=False))
-    print(overhead_lines(overhead_report(spans)))
+    print(overhead_lines(overhead_report(spans, overhead_qs)))
     return 0

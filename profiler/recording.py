@@ -50,6 +50,7 @@ class RecordingWriter:
                                     f"{self.path.parent} does not exist")
         self._f = open(self.path, "w", encoding="utf-8")
         self._f.write(json.dumps(make_header(instance, **header_extra)) + "\n")
+        self._f.flush()   # a recording with no spans yet is still one
         self.count = 0
 
     def write(self, span: Span) -> None:
@@ -82,10 +83,13 @@ def write_recording(path: str | os.PathLike, spans: Iterable[Span], instance: st
 
 def read_recording(path: str | os.PathLike) -> tuple[dict, list[Span]]:
     """(header, spans). A file that is not a recording, or a bad line, raises ValueError
-    naming the file and line."""
+    naming the file and line; a last line cut short (a recorder killed while it wrote) is
+    left out, as ``header["cut_short_line"]`` says."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no recording at {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
     spans: list[Span] = []
     with open(path, encoding="utf-8") as f:
         first = f.readline()
@@ -105,5 +109,8 @@ def read_recording(path: str | os.PathLike) -> tuple[dict, list[Span]]:
             try:
                 spans.extend(expand_batch(Span.from_json_obj(json.loads(line))))
             except ValueError as e:
+                if not line.endswith("\n") and not f.read(1):   # the last line, unfinished
+                    header["cut_short_line"] = lineno
+                    break
                 raise ValueError(f"{path}:{lineno}: {e}") from None
     return header, spans

@@ -31,7 +31,11 @@ def test_tools_say_when_no_such_instance_runs():
     assert ("no pipeline instance 'nosuch-instance' is running here (is it launched?"
             in topics.stderr)
     prof = cli("profile", "--instance", "nosuch-instance", "--duration", "0.5")
+    # Said at once (it said "attached to instance"), and nothing profiled is a failure.
+    assert prof.stderr.startswith("no pipeline runs here yet (`autoglm shm ls` lists them); "
+                                  "waiting for instance 'nosuch-instance'"), prof.stderr
     assert "no spans came from instance 'nosuch-instance'" in prof.stderr
+    assert prof.returncode == 1
 
 
 def test_durations_must_be_positive_and_instance_names_as_launch_takes_them():
@@ -47,7 +51,76 @@ def test_durations_must_be_positive_and_instance_names_as_launch_takes_them():
 
 def test_profile_attaches_to_the_default_instance_as_the_other_tools():
     r = cli("profile", "--duration", "0.5")
-    assert "attached to instance 'default'" in r.stderr, r.stderr
+    assert "instance 'default' (domain" in r.stderr, r.stderr
+
+
+def _recording(path, cut_short=False):
+    from profiler.recording import write_recording
+    from profiler.spans import Span
+
+    write_recording(path, [Span("r1", "gateway.receive", "gateway", 7, 1_000, 2_000),
+                           Span("r1", "decision.prefill", "decision", 8, 3_000, 9_000)])
+    if cut_short:   # a recorder killed while it wrote a line
+        with open(path, "a") as f:
+            f.write('{"request_id": "r1", "name": "decision.tok')
+    return str(path)
+
+
+def test_profile_names_what_is_wrong_with_its_options_and_files(tmp_path):
+    rec = _recording(tmp_path / "r.jsonl")
+    for args, message in (
+            (("--input", rec, "--record", "/nonexistent/dir/r.jsonl"),
+             "autoglm profile: cannot record to /nonexistent/dir/r.jsonl: directory "
+             "/nonexistent/dir does not exist"),
+            (("--input", rec, "--duration", "3"),
+             "autoglm profile: --duration is for a live pipeline, not --input (a recording)"),
+            (("--input", rec, "--measure-cost", "100"),
+             "autoglm profile: --measure-cost takes none of --input"),
+            (("--input", rec, "--base-url", "http://x"),
+             "autoglm profile: --base-url and --cost-rounds are for --measure-cost --instance"),
+            (("--input", rec, "--percentiles", "0,50"),
+             "autoglm profile: --percentiles: 0 is not in (0, 100]"),
+            (("--input", "/dev/null"), "autoglm profile: /dev/null: not a file"),
+            (("--input", str(tmp_path)), f"autoglm profile: {tmp_path}: not a file")):
+        r = cli("profile", *args)
+        assert r.returncode == 1 and r.stderr.strip() == message, (args, r.stderr)
+    # An unknown request is said before a trace file is written (it was written, then exit 1).
+    out = tmp_path / "t.json"
+    r = cli("profile", "--input", rec, "--request", "nosuch", "--out", str(out))
+    assert r.returncode == 1 and "no spans of request 'nosuch'" in r.stderr and not out.exists()
+
+
+def test_profile_reads_a_recording_whose_last_line_was_cut_short(tmp_path):
+    rec = _recording(tmp_path / "cut.jsonl", cut_short=True)
+    r = cli("profile", "--input", rec, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["spans"] == 2
+    assert f"{rec}:4: the last line was cut short" in r.stderr
+
+
+def test_profile_percentiles_reach_the_overhead_report_too(tmp_path):
+    rec = _recording(tmp_path / "r.jsonl")
+    doc = json.loads(cli("profile", "--input", rec, "--percentiles", "25,75", "--json").stdout)
+    assert "p25_ms" in doc["stages"]["gateway.receive"]
+    assert {"p25_ms", "p75_ms", "p50_ms", "p99_ms"} <= set(doc["overhead"]["overhead"])
+
+
+def test_profile_stopped_by_sigterm_still_writes_its_recording_and_trace(tmp_path):
+    """`timeout 10 autoglm profile ... --record --out`: SIGTERM ends it as Ctrl-C does (it
+    died with an empty recording and no trace file)."""
+    import signal
+    import time
+
+    rec, out = tmp_path / "r.jsonl", tmp_path / "t.json"
+    p = subprocess.Popen([sys.executable, "-m", "launch.cli", "profile", "--instance",
+                          "nosuch-instance", "--record", str(rec), "--out", str(out)],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "waiting for instance 'nosuch-instance'" in p.stderr.readline()   # reading now
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert "recorded 0 spans to" in err and "Traceback" not in err
+    assert json.loads(rec.read_text().splitlines()[0])["autoglm_trace"] == 1
 
 
 def test_shm_ls_names_the_command_that_reclaims_a_dead_instance(tmp_path):
