@@ -88,10 +88,10 @@ def _restore(plane, config_reader, writer, previous) -> bool:
     return False
 
 
-def _withdraw(writer, name: str) -> bool:
-    """Take back a value no stage applied that had none before it, so that the launcher keeps
-    nothing under its name (restarts would get it, `param list` would show it); True once the
-    launcher (every matched reader) has it."""
+def withdraw(writer, name: str) -> bool:
+    """Take back a value that had none before it (one no stage applied, or one set for a
+    while), so that the launcher keeps nothing under its name (restarts would get it, `param
+    list` would show it); True once the launcher (every matched reader) has it."""
     from control.messages import CONFIG_WITHDRAWN, ConfigValue
 
     writer.write(ConfigValue(name=name, request_id=f"withdraw-{time.monotonic_ns():x}",
@@ -139,7 +139,7 @@ def _set(args) -> int:
         if not applied and previous is not None:
             restored = _restore(plane, config, writer, previous)
         elif not applied:
-            _withdraw(writer, name)
+            withdraw(writer, name)
     missing = sorted(live - set(outcomes))
     if args.json:
         print(json.dumps({"name": name, "value": value, "applied": applied, "refused": refused,

@@ -115,18 +115,20 @@ def format_cost(c: dict) -> str:
             f"  no profiler attached : median {a['median_us']:.1f} us  p99 {a['p99_us']:.1f} us"
             f"  mean {a['mean_us']:.1f} us\n"
             f"  profiler attached    : median {b['median_us']:.1f} us  p99 {b['p99_us']:.1f} us"
-            f"  mean {b['mean_us']:.1f} us  (received {b['received_by_profiler']} of "
-            f"{b['written_while_attached']} written)\n"
+            f"  mean {b['mean_us']:.1f} us  (the profiler received "
+            f"{b['received_by_profiler']} of the {b['written_while_attached']} spans written "
+            f"while it was attached, warm-up and bundled ones included)\n"
             f"  bundled, as stages emit (one write per {u['spans_per_bundle']} spans), profiler "
             f"attached: median {u['median_us']:.1f} us per span  mean {u['mean_us']:.1f} us")
 
 
 # ------------------------------------------------------------------------------ on a live decode loop
 def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
-                settle_s: float = 1.0) -> list[bool]:
+                settle_s: float = 1.0, then_withdraw: bool = False) -> list[bool]:
     """Switch every stage's span emission on or off (config value ``trace.enabled``, applied
     by the stage runtime between messages). Returns what the stages that answered within
-    ``settle_s`` had before (each answers "applied (spans were on/off)")."""
+    ``settle_s`` had before (each answers "applied (spans were on/off)"). ``then_withdraw``:
+    the launcher keeps no value afterwards (none was set before)."""
     import json
 
     from control import topics as t
@@ -150,6 +152,10 @@ def set_tracing(instance: str, enabled: bool, *, domain_id: int | None = None,
             for a in answers.take(0.05):
                 if a.request_id == rid and "(spans were " in a.outcome:
                     was[a.source] = "(spans were on)" in a.outcome
+        if then_withdraw:
+            from launch.param_cli import withdraw
+
+            withdraw(w, TRACE_CONFIG)
     return list(was.values())
 
 
@@ -200,14 +206,17 @@ def _sigterm_unwinds():
 def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concurrency: int = 4,
                         max_tokens: int = 32, prompt_words: int = 16,
                         domain_id: int | None = None) -> dict:
-    """Decode speed of a live pipeline with its spans off and on, alternated ``rounds``
-    times in ABBA order (off on, on off, ...) so drift in the machine's load hits both alike. Each
-    round sends ``concurrency`` streamed text requests at once; decode tokens/s of a request
-    = 1 / TPOT (its tokens after the first over the time after the first). Returns the
-    per-round figures and the median of each side."""
+    """Decode speed of a live pipeline with its spans off, and on with a profiler attached
+    (a SpanCollector in this process, as `autoglm profile` is: the whole cost of profiling),
+    alternated ``rounds`` times in ABBA order (off on, on off, ...) so drift in the machine's
+    load hits both alike. Each round sends ``concurrency`` streamed text requests at once;
+    decode tokens/s of a request = 1 / TPOT (its tokens after the first over the time after
+    the first). Returns the per-round figures, the median and range of each side."""
     import asyncio
 
     from benchmarks.serve import SampleRequest, _resolve_model, run_benchmark
+
+    from .collect import SpanCollector
 
     if rounds < 1 or concurrency < 1 or max_tokens < 2:
         raise ValueError("need rounds >= 1, concurrency >= 1 and max_tokens >= 2")
@@ -226,9 +235,17 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
             text = f"{seq} " + " ".join(words[(seq + k) % len(words)] for k in range(prompt_words))
             samples.append(SampleRequest([{"role": "user", "content": text}], prompt_words,
                                          max_tokens))
-        outs, _ = asyncio.run(run_benchmark(base_url=base_url, endpoint="/v1/chat/completions",
-                                            model=model, api_key=None, samples=samples,
-                                            test_request=False, progress=False))
+        profiler = SpanCollector(instance, domain_id=domain_id) if enabled else None
+        try:
+            if profiler is not None:
+                profiler.wait_for_writers(1, timeout=5.0)
+            outs, _ = asyncio.run(run_benchmark(
+                base_url=base_url, endpoint="/v1/chat/completions", model=model, api_key=None,
+                samples=samples, test_request=False, progress=False))
+        finally:
+            received = profiler.received if profiler is not None else 0
+            if profiler is not None:
+                profiler.close()
         # A response whose tokens all came in one chunk has no decode time to divide by.
         ok = [o for o in outs if o.success and o.output_tokens > 1 and o.latency > o.ttft]
         if not ok:
@@ -237,7 +254,8 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
         rates = [(o.output_tokens - 1) / (o.latency - o.ttft) for o in ok]
         return {"tracing": enabled, "requests": len(ok),
                 "decode_tokens_per_s_per_request": float(np.median(rates)),
-                "output_tokens": int(sum(o.output_tokens for o in ok))}
+                "output_tokens": int(sum(o.output_tokens for o in ok)),
+                "spans_to_profiler": received}
 
     results = []
     was: list[bool] = []   # what the stages said they had, at the first switch
@@ -255,23 +273,34 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
         finally:
             before = kept if kept is not None else (
                 was.count(True) >= was.count(False) if was else True)
-            set_tracing(instance, before, domain_id=domain_id, settle_s=0.5)
+            # With no value kept before, none is kept after (the launcher kept the last one).
+            set_tracing(instance, before, domain_id=domain_id, settle_s=0.5,
+                        then_withdraw=kept is None)
     off = [r["decode_tokens_per_s_per_request"] for r in results if not r["tracing"]]
     on = [r["decode_tokens_per_s_per_request"] for r in results if r["tracing"]]
     m_off, m_on = float(np.median(off)), float(np.median(on))
     return {"instance": instance, "concurrency": concurrency, "max_tokens": max_tokens,
             "rounds": results, "median_tokens_per_s_spans_off": m_off,
             "median_tokens_per_s_spans_on": m_on,
-            "slowdown_percent": 100.0 * (m_off - m_on) / m_off if m_off else 0.0}
+            "range_tokens_per_s_spans_off": [min(off), max(off)],
+            "range_tokens_per_s_spans_on": [min(on), max(on)],
+            "slowdown_percent": 100.0 * (m_off - m_on) / m_off if m_off else 0.0,
+            # Rounds of each side overlapping: the difference is within the noise.
+            "within_spread": min(on) <= max(off) and min(off) <= max(on)}
 
 
 def format_decode_cost(c: dict) -> str:
     lines = [f"decode loop of instance {c['instance']!r}, {c['concurrency']} requests at once, "
              f"max_tokens {c['max_tokens']} (tokens/s per request, median of the round):"]
     for r in c["rounds"]:
-        lines.append(f"  spans {'on ' if r['tracing'] else 'off'}  "
-                     f"{r['decode_tokens_per_s_per_request']:8.1f} tok/s")
-    lines.append(f"  median: spans off {c['median_tokens_per_s_spans_off']:.1f} tok/s, spans on "
-                 f"{c['median_tokens_per_s_spans_on']:.1f} tok/s "
-                 f"({c['slowdown_percent']:+.1f}% slower with spans)")
+        side = f"on, profiler attached ({r['spans_to_profiler']} spans came)" \
+            if r["tracing"] else "off"
+        lines.append(f"  {r['decode_tokens_per_s_per_request']:8.1f} tok/s  spans {side}")
+    (lo_off, hi_off), (lo_on, hi_on) = (c["range_tokens_per_s_spans_off"],
+                                        c["range_tokens_per_s_spans_on"])
+    verdict = "within the rounds' spread" if c["within_spread"] else "outside the rounds' spread"
+    lines.append(f"  median: spans off {c['median_tokens_per_s_spans_off']:.1f} tok/s "
+                 f"({lo_off:.1f}-{hi_off:.1f}), spans on and profiled "
+                 f"{c['median_tokens_per_s_spans_on']:.1f} tok/s ({lo_on:.1f}-{hi_on:.1f}): "
+                 f"{c['slowdown_percent']:+.1f}% slower, {verdict}")
     return "\n".join(lines)

@@ -278,3 +278,27 @@ def test_decode_cost_measurement_puts_tracing_back_as_it_was(pipeline, spans, pa
                             max_tokens=4)
     assert no_spans_from_a_request()
     param(pipeline, "trace.enabled", "on")
+
+
+def test_decode_cost_measurement_leaves_no_kept_value_where_there_was_none(pipeline, paced_url):
+    """With no trace.enabled kept by the launcher, a measurement keeps none afterwards either
+    (it left `trace.enabled = true` there, listed by `param list` and sent to restarts)."""
+    from control import topics as t
+    from control.messages import CONFIG_WITHDRAWN, ConfigValue
+    from control.plane import ControlPlane
+
+    from profiler.cost import format_decode_cost, measure_decode_cost
+
+    with ControlPlane(pipeline.instance, "test-withdraw") as plane:   # as `param set` does
+        w = plane.writer(t.CONFIG)
+        assert w.wait_for_readers(4, timeout=10)
+        w.write(ConfigValue(name="trace.enabled", request_id="w1", value_json=CONFIG_WITHDRAWN))
+        assert w.wait_for_acks(5)
+    deadline = time.monotonic() + 10
+    while "trace.enabled" in listed(pipeline):
+        assert time.monotonic() < deadline
+    c = measure_decode_cost(pipeline.instance, paced_url, rounds=1, concurrency=1, max_tokens=4)
+    assert "trace.enabled" not in listed(pipeline)
+    text = format_decode_cost(c)
+    assert "spans on, profiler attached" in text and "the rounds' spread" in text
+    assert c["range_tokens_per_s_spans_off"][0] <= c["median_tokens_per_s_spans_off"]
