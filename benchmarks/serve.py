@@ -106,12 +106,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_percentiles(text: str) -> list[float]:
-    try:
-        qs = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"autoglm bench serve: --percentiles must be numbers like 50,90,99, got {text!r}") from None
-    if not qs or any(not 0 < q <= 100 for q in qs):
-        raise SystemExit(f"autoglm bench serve: percentiles must lie in (0, 100], got {text!r}")
+    def bad(msg):
+        raise SystemExit(f"autoglm bench serve: --percentiles: {msg}")
+    qs = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            q = float(item)
+        except ValueError:
+            bad(f"{item!r} is not a number (give numbers like 50,90,99)")
+        if not 0 < q <= 100:
+            bad(f"{item} is not in (0, 100]")
+        qs.append(q)
+    if not qs:
+        bad("give at least one, e.g. 50,90,99")
     return qs
 
 

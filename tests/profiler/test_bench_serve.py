@@ -195,7 +195,9 @@ def test_client_priority_idle_runs_the_client_at_sched_idle(paced_server, tmp_pa
 
 def test_bad_arguments_are_named():
     for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
-                      (["--percentiles", "0,50"], "percentiles must lie in"),
+                      (["--percentiles", "0,50"], "--percentiles: 0 is not in (0, 100]"),
+                      (["--percentiles", "50,100.5"], "--percentiles: 100.5 is not in (0, 100]"),
+                      (["--percentiles", "50,x"], "--percentiles: 'x' is not a number"),
                       (["--request-rate", "0"], "--request-rate must be positive"),
                       (["--request-timeout", "0"], "--request-timeout must be positive"),
                       (["--record", "x.jsonl"], "give --instance too"),
