@@ -20,9 +20,13 @@ default), in ms. Throughputs divide by the benchmark's wall time: completed requ
 output tokens, input + output tokens per second. Goodput (``--goodput ttft:MS tpot:MS
 e2el:MS``) counts the requests meeting every given SLO, per second.
 
-Load: ``--request-rate R`` requests/s with exponential gaps (Poisson) or, with
-``--burstiness B``, gamma(shape=B, scale=1/(R*B)) gaps; ``inf`` (default) sends all at once;
-``--max-concurrency`` caps the requests in flight either way.
+Load, as vLLM's ``get_request``: ``--request-rate R`` requests/s; each request, the first
+included, draws a delay from gamma(shape=B, scale=1/(R*B)) with ``--burstiness B`` (1, the
+default: exponential, i.e. Poisson arrivals; ``inf``: a fixed 1/R); the k-th request is
+sent at start + the sum of the first k delays, all sums scaled so that the last of N goes
+out at exactly N/R (the request rate then does not depend on the seed). ``--request-rate inf``
+(default) sends all at once. ``--max-concurrency`` caps the requests in flight either way:
+a request due while the cap is reached waits for a slot.
 
 Datasets (synthetic, nothing downloaded): ``random`` text of ``--random-input-len`` random
 words and ``--random-output-len`` max tokens; ``random-image`` adds ``--num-images``
@@ -71,9 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int, default=1, help="random-image: images per request (default: %(default)s)")
     p.add_argument("--audio-seconds", type=float, default=5.0, help="random-audio: clip length (default: %(default)s)")
     p.add_argument("--request-rate", type=float, default=math.inf,
-                   help="requests per second; inf sends all at once (default: %(default)s)")
+                   help="requests per second, the last of N sent at N/rate; inf sends all at once "
+                        "(default: %(default)s)")
     p.add_argument("--burstiness", type=float, default=1.0,
-                   help="gamma shape of the arrival gaps; 1 = Poisson (default: %(default)s)")
+                   help="gamma shape of the delays between requests; 1 = Poisson, inf = evenly "
+                        "spaced (default: %(default)s)")
     p.add_argument("--max-concurrency", type=int, default=None, help="cap on requests in flight")
     p.add_argument("--percentiles", default="99", help="comma-separated, e.g. 50,90,99 (default: %(default)s)")
     p.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
@@ -100,12 +106,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_percentiles(text: str) -> list[float]:
-    try:
-        qs = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"autoglm bench serve: --percentiles must be numbers like 50,90,99, got {text!r}") from None
-    if not qs or any(not 0 < q <= 100 for q in qs):
-        raise SystemExit(f"autoglm bench serve: percentiles must lie in (0, 100], got {text!r}")
+    def bad(msg):
+        raise SystemExit(f"autoglm bench serve: --percentiles: {msg}")
+    qs = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            q = float(item)
+        except ValueError:
+            bad(f"{item!r} is not a number (give numbers like 50,90,99)")
+        if not 0 < q <= 100:
+            bad(f"{item} is not in (0, 100]")
+        qs.append(q)
+    if not qs:
+        bad("give at least one, e.g. 50,90,99")
     return qs
 
 
@@ -351,14 +366,27 @@ async def send_request(client, url: str, body: dict, headers: dict, sample: Samp
 
 
 # =============================================================================== load
-def arrival_gaps(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
-    """Seconds to wait before each request: gamma(shape=B, scale=1/(R*B)) (B=1: Poisson)."""
+def arrival_times(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """When to send each of n requests, in seconds from the start, as vLLM's get_request
+    (vllm/benchmarks/serve.py) with a fixed rate: one delay per request, the first included,
+    from gamma(shape=B, scale=1/(R*B)) (B=1: exponential, Poisson arrivals; B=inf: 1/R);
+    their running sums, scaled so that the last is exactly n/R. R=inf: all at 0."""
+    if n < 1:
+        return []
     if math.isinf(rate):
         return [0.0] * n
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    return rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n).tolist()
+    if math.isinf(burstiness):
+        delays = np.full(n, 1.0 / rate)
+    else:
+        rng = np.random.default_rng(seed)
+        delays = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
+    times = np.cumsum(delays)
+    if times[-1] != 0:
+        # vLLM: "close the gap for stabilizing the throughput data from different random seeds"
+        times *= (n / rate) / times[-1]
+    return times.tolist()
 
 
 class Progress:
@@ -428,10 +456,13 @@ async def run_benchmark(*, base_url: str, endpoint: str, model: str, api_key: st
             return r
 
         tasks = []
+        times = arrival_times(len(samples), request_rate, burstiness, seed)
         t0 = time.perf_counter()
-        for s, gap in zip(samples, arrival_gaps(len(samples), request_rate, burstiness, seed)):
-            if gap:
-                await asyncio.sleep(gap)
+        for s, at in zip(samples, times):
+            # Against the start, not the previous send: lateness does not accumulate.
+            wait = t0 + at - time.perf_counter()
+            if at > 0 and wait > 0:
+                await asyncio.sleep(wait)
             tasks.append(asyncio.create_task(one(s)))
         outputs = await asyncio.gather(*tasks)
         duration = time.perf_counter() - t0

@@ -79,13 +79,50 @@ def test_failures_are_reported_not_counted(paced_server):
     assert m["completed"] == 0 and m["failed"] == 2
 
 
-def test_arrival_gaps_are_poisson_or_gamma():
-    gaps = np.array(serve.arrival_gaps(20000, 50.0, 1.0, seed=1))
-    assert _close(gaps.mean(), 1 / 50, 0.03)
-    assert _close(gaps.std(), 1 / 50, 0.05)  # exponential: std == mean
-    bursty = np.array(serve.arrival_gaps(20000, 50.0, 0.25, seed=1))
-    assert _close(bursty.mean(), 1 / 50, 0.05) and bursty.std() > 1.8 * bursty.mean()
-    assert serve.arrival_gaps(3, math.inf, 1.0, 0) == [0.0, 0.0, 0.0]
+def test_arrival_times_follow_vllm_get_request():
+    """vLLM's get_request: one gamma delay per request (the first included), summed, then
+    scaled so that the last request goes out at exactly N/rate."""
+    for burstiness in (1.0, 0.5, 4.0):
+        for n, rate in ((12, 2.0), (200, 50.0), (1, 3.0)):
+            times = np.array(serve.arrival_times(n, rate, burstiness, seed=0))
+            assert len(times) == n and times[-1] == pytest.approx(n / rate, rel=1e-12)
+            assert times[0] > 0 and np.all(np.diff(times) > 0), (burstiness, n, times)
+            assert serve.arrival_times(n, rate, burstiness, seed=0) == times.tolist()
+        assert serve.arrival_times(50, 5.0, burstiness, seed=1) != serve.arrival_times(
+            50, 5.0, burstiness, seed=2)
+    # The audit's case: 12 prompts at 2 req/s are all sent within 6 s (not 8.75).
+    assert serve.arrival_times(12, 2.0, 1.0, seed=0)[-1] == pytest.approx(6.0)
+    assert serve.arrival_times(3, math.inf, 1.0, 0) == [0.0, 0.0, 0.0]
+    assert serve.arrival_times(3, math.inf, math.inf, 0) == [0.0, 0.0, 0.0]
+    assert serve.arrival_times(4, 8.0, math.inf, 0) == pytest.approx([0.125, 0.25, 0.375, 0.5])
+
+
+def test_arrival_times_keep_the_gamma_shape():
+    """Scaling keeps the relative spread: Poisson gaps have std == mean, burstiness < 1 more."""
+    gaps = np.diff(serve.arrival_times(20000, 50.0, 1.0, seed=1), prepend=0.0)
+    assert _close(gaps.mean(), 1 / 50, 1e-9) and _close(gaps.std(), 1 / 50, 0.05)
+    bursty = np.diff(serve.arrival_times(20000, 50.0, 0.25, seed=1), prepend=0.0)
+    assert _close(bursty.mean(), 1 / 50, 1e-9) and bursty.std() > 1.8 * bursty.mean()
+    even = np.diff(serve.arrival_times(20000, 50.0, 4.0, seed=1), prepend=0.0)
+    assert _close(even.std(), 0.5 / 50, 0.05)  # gamma(4): std = mean / 2
+
+
+def test_requests_go_out_on_the_schedule_and_max_concurrency_still_caps(paced_server):
+    url = paced_server("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--tokens", str(TOKENS))
+    e2e = TTFT_MS + (TOKENS - 1) * ITL_MS
+    # 10 req/s, evenly spaced: sent at 0.1, 0.2, 0.3, 0.4 s, each served at once.
+    outputs, duration = _run(url, n=4, request_rate=10.0, burstiness=math.inf, test_request=False)
+    assert all(o.success for o in outputs), [o.error for o in outputs]
+    sends = np.diff([o.start_time for o in outputs]) * 1e3
+    assert all(_paced(g, 100.0, 0.2, late_ms=30) for g in sends), sends
+    assert _paced(duration * 1e3, 400 + e2e, 0.15, late_ms=100), duration
+    # One in flight at a time: each waits for the one before, whatever the schedule says.
+    outputs, duration = _run(url, n=4, request_rate=10.0, burstiness=math.inf, max_concurrency=1,
+                             test_request=False)
+    assert all(o.success for o in outputs), [o.error for o in outputs]
+    sends = np.diff([o.start_time for o in outputs]) * 1e3
+    assert all(_paced(g, e2e, 0.1, late_ms=40) for g in sends), sends
+    assert _paced(duration * 1e3, 100 + 4 * e2e, 0.15, late_ms=150), duration
 
 
 def test_synthetic_media_are_valid():
@@ -158,7 +195,9 @@ def test_client_priority_idle_runs_the_client_at_sched_idle(paced_server, tmp_pa
 
 def test_bad_arguments_are_named():
     for args, msg in ((["--goodput", "ttfx:5"], "--goodput takes KEY:MS"),
-                      (["--percentiles", "0,50"], "percentiles must lie in"),
+                      (["--percentiles", "0,50"], "--percentiles: 0 is not in (0, 100]"),
+                      (["--percentiles", "50,100.5"], "--percentiles: 100.5 is not in (0, 100]"),
+                      (["--percentiles", "50,x"], "--percentiles: 'x' is not a number"),
                       (["--request-rate", "0"], "--request-rate must be positive"),
                       (["--request-timeout", "0"], "--request-timeout must be positive"),
                       (["--record", "x.jsonl"], "give --instance too"),
