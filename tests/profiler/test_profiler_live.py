@@ -9,6 +9,7 @@ import sys
 
 from conftest import N_REQUESTS, REPO
 from span_actor import DELAYS, TOKENS
+from test_profiler_units import check_nesting
 
 from profiler.recording import read_recording
 from profiler.stats import by_request, hop_table, overhead_report, stage_table
@@ -85,10 +86,12 @@ def test_perfetto_file_is_trace_event_json(profiled_run):
         assert isinstance(ev["ts"], (int, float))
     spans = [e for e in events if e["ph"] in ("X", "i")]
     assert len(spans) == doc["otherData"]["spans"] == N_REQUESTS * len(EXPECTED_ORDER)
-    # One track per process, named after the node.
+    # One process per node, named after it; its spans on tracks (named) where they nest.
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {pid: f"{role} (pid {pid})" for role, pid in profiled_run["pids"].items()}
-    assert all(e["tid"] == e["pid"] for e in spans)
+    threads = {(e["pid"], e["tid"]) for e in events if e["name"] == "thread_name"}
+    assert {(e["pid"], e["tid"]) for e in spans} <= threads
+    check_nesting(spans)
     # ts/dur are microseconds: a 30 ms sleep lasts about 30000, never much less (on a loaded
     # machine it may run late, so the upper bound only rules out the wrong unit).
     vis = [e for e in spans if e["name"] == "vision.encode"]

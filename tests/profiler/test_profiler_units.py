@@ -1,12 +1,15 @@
-"""Statistics, recording format and the emitter, on real spans (the emitter over real DDS)."""
+"""Statistics, recording format, the Perfetto export and the emitter, on real spans (the emitter over real DDS)."""
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 from conftest import unique_instance
 
+from profiler.perfetto import trace_events, write_trace
 from profiler.recording import read_recording, write_recording
 from profiler.spans import Span
 from profiler.stats import overhead_breakdown, overhead_report, overhead_segments, request_breakdown, \
@@ -243,3 +246,119 @@ def test_emission_cost_is_measured_with_and_without_a_profiler():
         assert 0 < c[key]["median_us"] < 5000
     # The attached profiler really received (most of) what was written.
     assert c["with_profiler"]["received_by_profiler"] > 0.5 * c["with_profiler"]["written_while_attached"]
+
+
+
+def check_nesting(events):
+    """On every (pid, tid), X events nest perfectly: each starts at or after the end of every
+    open slice, or ends within the innermost one (what Perfetto and chrome://tracing require
+    of one track). Times in integer ns, as Perfetto reads them (llround(ts * 1000))."""
+    tracks: dict = {}
+    for e in events:
+        if e["ph"] == "X":
+            ts = round(e["ts"] * 1000)
+            tracks.setdefault((e["pid"], e["tid"]), []).append(
+                (ts, ts + round(e["dur"] * 1000), e["name"]))
+    for track, slices in tracks.items():
+        open_ends: list[tuple[int, str]] = []
+        for start, end, name in sorted(slices, key=lambda x: (x[0], -x[1])):
+            while open_ends and open_ends[-1][0] <= start:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1][0], \
+                f"{name} [{start}, {end}] overlaps {open_ends[-1][1]} partially on {track}"
+            open_ends.append((end, name))
+
+
+def us_spans(rows, pid=1000):
+    """Spans from (name, start_us, end_us[, request id[, pid]]) rows."""
+    out = []
+    for name, start, end, *rest in rows:
+        rid, p = rest[0] if rest else "r", rest[1] if len(rest) > 1 else pid
+        out.append(Span(rid, name, name.split(".")[0], p, start * 1000, end * 1000))
+    return out
+
+
+OVERLAPPING = us_spans([
+    # Two requests' receives in the gateway overlap partially; r1's decode starts as its
+    # receive ends, inside r2's receive, and outlasts it.
+    ("gateway.receive", 0, 1000, "r1", 100), ("gateway.receive", 400, 1400, "r2", 100),
+    ("gateway.media_decode", 1000, 1600, "r1", 100),
+    ("gateway.submit", 1600, 1600, "r1", 100),            # a mark where the decode ends
+    # Vision: the shm write starts before the encode's span ends.
+    ("vision.encode", 1700, 3000, "r1", 200), ("vision.shm_write", 2900, 3200, "r1", 200),
+    ("vision.encode", 3000, 4000, "r2", 200),
+    # Decision: admission starts 4 us before the request's bookkeeping span, ends inside it.
+    ("decision.admission", 3300, 3500, "r1", 300), ("decision.done", 3304, 9000, "r1", 300),
+    ("decision.prefill", 3500, 5000, "r1", 300),
+    ("decision.admission", 4100, 4300, "r2", 300), ("decision.done", 4104, 9500, "r2", 300),
+    ("decision.first_token", 5000, 5000, "r1", 300),
+    # Decode steps of both requests: the same name and interval, twice.
+    ("decision.token", 5000, 5100, "r1", 300), ("decision.token", 5000, 5100, "r2", 300),
+    ("decision.token", 5100, 5200, "r1", 300), ("decision.token", 5100, 5200, "r2", 300),
+    ("decision.last_token", 5200, 5200, "r2", 300),
+    ("gateway.response_sent", 5300, 9600, "r1", 100),
+    ("gateway.response_sent", 5350, 9700, "r2", 100),
+])
+
+
+def test_perfetto_tracks_nest_with_partially_overlapping_spans(tmp_path):
+    path = tmp_path / "trace.json"
+    assert write_trace(path, OVERLAPPING) == len(OVERLAPPING)
+    doc = json.loads(path.read_text())
+    events = doc["traceEvents"]
+    timed = [e for e in events if e["ph"] in ("X", "i")]
+    check_nesting(timed)
+    # No span lost or changed: the same names, requests, processes and times.
+    assert len(timed) == len(OVERLAPPING) == doc["otherData"]["spans"]
+    assert Counter((e["pid"], e["name"], e["args"]["request_id"], round(e["ts"] * 1000),
+                    round(e.get("dur", 0) * 1000)) for e in timed) == \
+        Counter((s.pid, s.name, s.request_id, s.start_ns, s.duration_ns) for s in OVERLAPPING)
+    marks = ("gateway.submit", "decision.first_token", "decision.last_token")
+    assert all(e["ph"] == "i" for e in timed if e["name"] in marks)
+    # One process per pipeline process, named as before; every track used is named.
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {100: "gateway (pid 100)", 200: "vision (pid 200)", 300: "decision (pid 300)"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"]
+               for e in events if e["name"] == "thread_name"}
+    assert {(e["pid"], e["tid"]) for e in timed} == set(threads)
+    sort = {(e["pid"], e["tid"]): e["args"]["sort_index"]
+            for e in events if e["name"] == "thread_sort_index"}
+    for pid, source in ((100, "gateway"), (200, "vision"), (300, "decision")):
+        lanes = sorted((t, n) for (p, t), n in threads.items() if p == pid)
+        assert len(lanes) > 1      # each process has partial overlaps
+        # The first lane keeps the process's own id; the others follow, numbered, in order.
+        assert lanes == [(pid, source)] + [(t, f"{source} {i}")
+                                           for i, (t, _) in enumerate(lanes[1:], 2)]
+        assert [sort[(pid, t)] for t, _ in lanes] == list(range(len(lanes)))
+
+
+def test_perfetto_spans_that_nest_stay_on_one_track():
+    spans = us_spans([("decision.done", 0, 100), ("decision.prefill", 10, 50),
+                      ("decision.first_token", 50, 50), ("decision.token", 50, 60),
+                      ("decision.token", 50, 60), ("decision.done", 100, 200),
+                      ("decision.done", 200, 200)])
+    events = trace_events(spans)["traceEvents"]
+    assert {e["tid"] for e in events} == {1000}
+    check_nesting(events)
+
+
+def test_perfetto_random_overlaps_nest_on_every_track():
+    rng = np.random.default_rng(1)
+    spans = []
+    for i in range(600):     # nanosecond times, marks and spans of 1 ns among them
+        start = int(rng.integers(10**9, 10**9 + 5 * 10**6))
+        end = start + int(rng.choice([0, 1, 3000, int(rng.integers(1, 800_000))]))
+        spans.append(Span(f"r{i % 7}", f"stage{i % 3}.s{i % 5}", f"stage{i % 3}", 10 + i % 3,
+                          start, end))
+    events = trace_events(spans)["traceEvents"]
+    timed = [e for e in events if e["ph"] in ("X", "i")]
+    check_nesting(timed)
+    origin = min(s.start_ns for s in spans)
+    assert Counter((e["pid"], e["name"], round(e["ts"] * 1000), round(e.get("dur", 0) * 1000))
+                   for e in timed) == \
+        Counter((s.pid, s.name, s.start_ns - origin, s.duration_ns) for s in spans)
+    # Every track is named and sorted, and belongs to one process only.
+    named = [(e["pid"], e["tid"]) for e in events if e["name"] == "thread_name"]
+    sorted_ = {(e["pid"], e["tid"]) for e in events if e["name"] == "thread_sort_index"}
+    assert {(e["pid"], e["tid"]) for e in timed} == set(named) == sorted_
+    assert len({t for _, t in named}) == len(named)
