@@ -171,6 +171,10 @@ def validate(args) -> None:
         bad(f"--base-url must start with http:// or https://, got {args.base_url!r}")
     if args.record and not args.instance:
         bad("--record saves the pipeline's spans: give --instance too")
+    if args.instance:
+        from launch.instance_name import check_instance
+
+        check_instance(args.instance, "bench serve")
 
 
 # =============================================================================== datasets
@@ -599,7 +603,13 @@ def run_cli(args) -> int:
     samples = build_dataset(args)
     collector = None
     if args.instance:
+        from launch.instance_name import instance_running
         from profiler.collect import SpanCollector
+
+        if not instance_running(args.instance):
+            print(f"no pipeline of instance {args.instance!r} runs on this machine (`autoglm "
+                  "shm ls` lists them): its spans, and the overhead report, may not come",
+                  file=sys.stderr)
 
         collector = SpanCollector(args.instance, node_name=f"bench-serve-{os.getpid()}")
         time.sleep(0.5)  # discovery: spans written before the reader matched are not seen
@@ -664,7 +674,8 @@ def run_cli(args) -> int:
         print(overhead_lines(report))
         if not report["requests"]:
             print(f"no trace spans of the benchmark's requests arrived from instance "
-                  f"{args.instance!r} ({len(spans)} spans in all)", file=sys.stderr)
+                  f"{args.instance!r} ({len(spans)} spans in all): is tracing on (`autoglm "
+                  f"param list --instance {args.instance}`)?", file=sys.stderr)
     if not args.no_json:
         path = Path(args.result_file) if args.result_file else \
             RESULTS_DIR / f"serve-{args.dataset}-{result['date']}.json"

@@ -17,6 +17,15 @@ def check_instance(name: str, group: str) -> str:
     return name
 
 
+def instance_running(name: str) -> bool:
+    """Whether a pipeline of this instance runs on this machine (its launcher is alive)."""
+    from shm._paths import instance_dir
+    from shm.instance import read_owner
+
+    owner = read_owner(instance_dir(name))
+    return owner is not None and owner.alive
+
+
 def add_instance_arg(parser) -> None:
     parser.add_argument("--instance", default=DEFAULT_INSTANCE,
                         help=f"pipeline instance name (default {DEFAULT_INSTANCE!r})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .instance_name import add_instance_arg, check_instance
+from .instance_name import add_instance_arg, check_instance, instance_running
 
 
 def register(subparsers) -> None:
@@ -43,12 +43,8 @@ def _fail(e) -> SystemExit:
 def _instance(args) -> str:
     """The instance, checked; a note on stderr where no pipeline of that name runs here (the
     DDS topics are still listed, with no endpoints, as the type registry knows them)."""
-    from shm._paths import instance_dir
-    from shm.instance import read_owner
-
     name = check_instance(args.instance, "topic")
-    owner = read_owner(instance_dir(name))
-    if owner is None or not owner.alive:
+    if not instance_running(name):
         print(f"autoglm topic: no pipeline instance {name!r} is running here (is it launched? "
               "`autoglm shm ls` lists them)", file=sys.stderr)
     return name

@@ -145,19 +145,15 @@ def _run(args) -> int:
 
 
 def _live(args, qs) -> list:
-    from launch.instance_name import check_instance
+    from launch.instance_name import check_instance, instance_running
 
     from .collect import SpanCollector
     from .recording import RecordingWriter
     from .spans import GATEWAY_RESPONSE_SENT
 
-    from shm._paths import instance_dir
-    from shm.instance import read_owner
-
     check_instance(args.instance, "profile")    # the names `autoglm launch` takes
     stop_on_sigterm()   # as Ctrl-C: the tables, the trace file and the recording still come
-    owner = read_owner(instance_dir(args.instance))
-    running = owner is not None and owner.alive
+    running = instance_running(args.instance)
     recorder = None
     if args.record:
         try:

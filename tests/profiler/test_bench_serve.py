@@ -179,6 +179,19 @@ def test_cli_writes_json_and_reports_pipeline_overhead_from_traces(paced_server,
     assert re.search(rf"^    {re.escape(top)} +{places['mean_ms'][top]:7.3f} ms", r.stdout, re.M)
 
 
+def test_an_instance_not_running_here_is_said_before_and_after(paced_server, tmp_path):
+    """--instance of no pipeline on this machine: said at once, and the missing spans are
+    said with the hint to check tracing (it read like tracing was off)."""
+    url = paced_server("--ttft-ms", "5", "--itl-ms", "2", "--tokens", "4")
+    r = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "serve", "--base-url", url,
+                        "--num-prompts", "2", "--instance", "nosuch-instance", "--result-file",
+                        str(tmp_path / "s.json")], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith("no pipeline of instance 'nosuch-instance' runs on this machine")
+    assert "is tracing on (`autoglm param list --instance nosuch-instance`)?" in r.stderr
+
+
 def test_client_priority_idle_runs_the_client_at_sched_idle(paced_server, tmp_path):
     url = paced_server("--ttft-ms", "5", "--itl-ms", "2", "--tokens", "4")
     out = tmp_path / "serve.json"
