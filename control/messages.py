@@ -206,7 +206,8 @@ class Heartbeat(IdlStruct, typename="autoglm.control.Heartbeat"):
 class ConfigValue(IdlStruct, typename="autoglm.control.ConfigValue"):
     """A dynamic setting; keyed by name, the last value per name reaches late joiners.
     ``value_json`` is JSON text (readable in any DDS tool), or CONFIG_WITHDRAWN: the setter
-    takes back a value no stage applied, and the launcher stops keeping the name."""
+    takes its value back (one no stage applied, one set for a while), and the launcher stops
+    keeping the name."""
 
     name: str = ""
     request_id: str = ""

@@ -362,7 +362,7 @@ class StageRuntime:
         from control.messages import CONFIG_WITHDRAWN, ConfigAnswer
 
         if cfg.value_json == CONFIG_WITHDRAWN:
-            return   # for the launcher: a value no stage applied, which it keeps no longer
+            return   # a value taken back: for the launcher, which keeps it no longer
         if cfg.request_id:
             if cfg.request_id in self._config_seen:
                 return  # the launcher's copy of a value already applied (it keeps values
