@@ -129,6 +129,10 @@ class ModelDecisionStage:
         self._keys: dict[str, int] = {}           # request id -> its token records' key
         self.early: dict[str, list] = {}          # request id -> modality_ready events
         self.early_at: dict[str, float] = {}
+        # Request id -> (when, embeddings still to come) of a request cancelled while it waited
+        # for them: their slots go back as they arrive (they were kept as early ones, which
+        # with the pool full for good no later arrival ever pruned).
+        self._orphans: dict[str, tuple[float, int]] = {}
         self.prefix_queries = 0
         self.finished = 0
         self._upstream_failed: set[str] = set()   # cancelled because a perception stage failed
@@ -156,6 +160,10 @@ class ModelDecisionStage:
             self.engine.add_request(rid, ids, sampling, modalities=modalities,
                                     mrope_positions=positions)
         except Exception as e:
+            # Its embeddings still to come go back as they arrive.
+            coming = len(req.modalities) - len(self.early.get(rid, []))
+            if coming > 0:
+                self._orphans[rid] = (time.monotonic(), coming)
             self._fail_unadmitted(rid, f"decision: cannot admit the request: {e}")
             return
         self.produced[rid] = 0
@@ -249,15 +257,27 @@ class ModelDecisionStage:
         if ev.kind == "modality_ready":
             if ev.request_id in self.produced:
                 self._provide(ev)
+            elif ev.request_id in self._orphans:   # its request was cancelled meanwhile
+                self._release_events([ev])
+                at, left = self._orphans.pop(ev.request_id)
+                if left > 1:
+                    self._orphans[ev.request_id] = (at, left - 1)
             else:  # the embeddings outran the request (two DDS writers): keep them a while
                 self._prune_early()
                 self.early.setdefault(ev.request_id, []).append(ev)
                 self.early_at.setdefault(ev.request_id, time.monotonic())
         elif ev.kind == "error" and ev.request_id in self.produced:
-            self.engine.cancel(ev.request_id)
+            self._cancel(ev.request_id)
             self._upstream_failed.add(ev.request_id)
         elif ev.kind == "error" and ev.request_id in self.early:
             self._release_events(self.early.pop(ev.request_id))
+
+    def _cancel(self, rid: str) -> None:
+        """Cancel a request in the engine, minding the embeddings it still waits for."""
+        r = self.engine.requests.get(rid)
+        if r is not None and r.status is RequestStatus.WAITING_FOR_MODALITIES:
+            self._orphans[rid] = (time.monotonic(), len(r.missing_modalities()))
+        self.engine.cancel(rid)
 
     def _provide(self, ev) -> None:
         rid = ev.request_id
@@ -278,7 +298,7 @@ class ModelDecisionStage:
             self._relieve(pool)
             self._maybe_admitted(rid)
         except Exception as e:
-            self.engine.cancel(rid)
+            self._cancel(rid)
             self._upstream_failed.add(rid)
             self.ctx.fail(rid, f"decision: embeddings of {ev.modality} unusable: {e}")
 
@@ -307,18 +327,22 @@ class ModelDecisionStage:
         for rid in [r for r, t in self.early_at.items() if now - t > EARLY_KEEP_S]:
             del self.early_at[rid]
             self._release_events(self.early.pop(rid, []))
+        for rid in [r for r, (t, _) in self._orphans.items() if now - t > EARLY_KEEP_S]:
+            del self._orphans[rid]   # what never came (its stage failed) is not waited for
 
     def on_cancel(self, c) -> None:
         if c.request_id in self.produced:
             self.ctx.log(f"cancel {c.request_id} ({c.reason or 'no reason given'}) after "
                          f"{self.produced[c.request_id]} tokens")
-            self.engine.cancel(c.request_id)
+            self._cancel(c.request_id)
 
     # --- the step loop ---------------------------------------------------------------------
     def poll(self, timeout: float) -> None:
         if self.engine.has_runnable():
             self._step()
         elif timeout > 0:
+            if self.early_at or self._orphans:
+                self._prune_early()   # idle: also when no embedding comes to prune them
             self.ctx.wait_for_messages(timeout)   # until a request or an embedding comes
         self._publish_stats()
 

@@ -324,6 +324,31 @@ def test_requests_with_many_images_at_once_all_get_through(pipeline, openai_clie
         frames.close()
 
 
+def test_image_requests_dropped_before_their_embeddings_give_the_slots_back(pipeline):
+    """A phone agent's client timing out while its screenshot is encoded: the embeddings came
+    after the request was cancelled, were kept as if they had outrun it, and were never given
+    back (no later arrival pruned them), until every image and audio request failed."""
+    from shm.pool import SlotPool
+
+    embeddings = SlotPool.attach(pipeline.instance, "embeddings")
+    body = {"model": MODEL, "max_tokens": 50, "stream": True,
+            "messages": [image_message(png_data_url(1080, 2400, seed=7), "What is on it?")]}
+    try:
+        with httpx.Client(timeout=60) as http:
+            for _ in range(4):
+                with http.stream("POST", pipeline.url + "/v1/chat/completions", json=body) as r:
+                    assert r.status_code == 200   # the headers come at once: drop it now
+        deadline = time.monotonic() + 15
+        while embeddings.free_slots() != embeddings.n_slots:
+            assert time.monotonic() < deadline, embeddings.slot_states()
+            time.sleep(0.1)
+        reply = httpx.post(pipeline.url + "/v1/chat/completions", timeout=120,
+                           json={**body, "stream": False, "max_tokens": 2}).json()
+        assert reply["choices"][0]["finish_reason"] == "length"
+    finally:
+        embeddings.close()
+
+
 def _engine_load(url):
     m = metrics(url)
     return (m["autoglm:num_requests_running"], m["autoglm:num_requests_waiting"])
