@@ -565,7 +565,7 @@ class ShmPipelineClient:
                 drained[stage] = list(values)
                 values.clear()
         if self._stats_reader is not None:
-            batch = self._stats_reader.try_read()
+            batch = self._stats_reader.read_latest()
             if len(batch.records):
                 self._engine_stats = batch.records[-1].copy()
         e = self._engine_stats

@@ -31,6 +31,24 @@ def test_slow_consumer_told_how_many_it_lost(inst):
     assert info.written == 100 and info.dropped == 84 + 74 and info.read == 10 + 16 + 16
 
 
+def test_a_sampling_reader_takes_the_newest_and_loses_nothing(inst):
+    """The gateway reads the engine's load only when /metrics is scraped: what it skips is
+    no loss (shm ls showed thousands dropped)."""
+    ring = inst.create_ring("stats", TOKEN, 8)
+    w = ring.writer(doorbell=False)
+    r = ring.reader(start="latest")
+    assert len(r.read_latest().records) == 0
+    for i in range(30):
+        w.write((1, i, 0, [0] * 5))
+    b = r.read_latest()
+    assert b.records["tok"].tolist() == [29] and b.lost == 0
+    assert len(r.read_latest().records) == 0   # nothing new since
+    w.write((1, 30, 0, [0] * 5))
+    assert r.read_latest().records["tok"].tolist() == [30]
+    info = Registry(inst.name).channel("stats")
+    assert info.dropped == 0 and info.written == 31
+
+
 HAMMER = """
 import struct, sys, numpy as np
 from shm import Ring
