@@ -23,7 +23,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -161,7 +161,11 @@ class Gateway:
         if not self._authorized(request):
             return error_response(unauthorized())
         try:
-            body = parse_json_body(await self._read_body(request))
+            try:
+                raw = await self._read_body(request)
+            except ClientDisconnect:   # gone while sending the body: no one to answer
+                return Response(status_code=499)
+            body = parse_json_body(raw)
             chat = parse_chat_request(body, self.limits)
             request_id = _client_request_id(request)
             t0 = time.monotonic()

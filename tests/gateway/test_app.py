@@ -456,3 +456,28 @@ def test_langchain_with_extra_body(glm_tok):
     req = pipe.submitted[0]
     assert req.sampling.temperature == 0.5
     assert "你是谁？" in glm_tok.decode(req.prompt_token_ids)
+
+
+def test_a_client_gone_while_sending_its_body_leaves_no_traceback(glm_tok):
+    """A phone agent timing out while it uploads a screenshot: the server logged "Exception in
+    ASGI application" with a ClientDisconnect traceback for it."""
+    import logging
+
+    pipe = ScriptedPipeline(glm_tok, "ok")
+    logged = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    uvicorn_log = logging.getLogger("uvicorn.error")   # it does not propagate to the root
+    with running_gateway(glm_tok, pipe) as (url, _):
+        uvicorn_log.addHandler(handler)   # once the server configured its logging
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                      b'{"model": "autoglm-phone-9b", "messages": [')
+            time.sleep(0.3)   # the handler is reading the body
+        time.sleep(0.5)
+        assert post(url).status_code == 200   # and the gateway serves on
+    uvicorn_log.removeHandler(handler)
+    assert not [r for r in logged if "Exception in ASGI application" in r.getMessage()]
+    assert pipe.submitted == [pipe.submitted[-1]]   # only the complete request reached it
