@@ -40,12 +40,13 @@ def register(subparsers) -> None:
                         "without a profiler attached, and bundled as the stages emit, then "
                         "exit; with --instance and "
                         "--base-url also the decode speed of that live pipeline with its "
-                        "spans off and on (alternated rounds)")
+                        "spans off, on, and on with a profiler attached (alternated rounds)")
     p.add_argument("--base-url", default=None,
                    help="--measure-cost --instance: the pipeline's HTTP API root, e.g. "
                         "http://127.0.0.1:8000")
     p.add_argument("--cost-rounds", type=int, default=None,
-                   help="--measure-cost --instance: off/on round pairs (default: 3)")
+                   help="--measure-cost --instance: blocks of three rounds, spans off / on / "
+                        "on with a profiler attached (default: 3)")
     p.set_defaults(func=_run)
 
 

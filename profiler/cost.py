@@ -203,15 +203,21 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, old)
 
 
+# The sides of the decode-cost rounds: spans off; spans on, no reader; spans on with a
+# profiler attached (a SpanCollector in this process, as `autoglm profile` is).
+SIDES = ("off", "spans", "profiled")
+
+
 def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concurrency: int = 4,
                         max_tokens: int = 32, prompt_words: int = 16,
                         domain_id: int | None = None) -> dict:
-    """Decode speed of a live pipeline with its spans off, and on with a profiler attached
-    (a SpanCollector in this process, as `autoglm profile` is: the whole cost of profiling),
-    alternated ``rounds`` times in ABBA order (off on, on off, ...) so drift in the machine's
-    load hits both alike. Each round sends ``concurrency`` streamed text requests at once;
-    decode tokens/s of a request = 1 / TPOT (its tokens after the first over the time after
-    the first). Returns the per-round figures, the median and range of each side."""
+    """Decode speed of a live pipeline on three sides (SIDES): what spans cost its stages, and
+    what profiling costs in all (the profiler's own process takes CPU too). ``rounds`` blocks,
+    each running the three sides in turn, in reversed order every other block (ABC CBA ...) so
+    drift in the machine's load hits all alike. Each round sends ``concurrency`` streamed text
+    requests at once; decode tokens/s of a request = 1 / TPOT (its tokens after the first over
+    the time after the first). Returns the per-round figures, each side's median and range,
+    its slowdown against "off", and in how many blocks it was slower than "off"."""
     import asyncio
 
     from benchmarks.serve import SampleRequest, _resolve_model, run_benchmark
@@ -224,9 +230,9 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
     words = "open the settings page and tap on wifi then scroll down to about phone".split()
     seq = 0
 
-    def round_(enabled: bool) -> dict:
+    def round_(side: str) -> dict:
         nonlocal seq
-        said = set_tracing(instance, enabled, domain_id=domain_id)
+        said = set_tracing(instance, side != "off", domain_id=domain_id)
         if seq == 0:
             was.extend(said)
         samples = []
@@ -235,7 +241,7 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
             text = f"{seq} " + " ".join(words[(seq + k) % len(words)] for k in range(prompt_words))
             samples.append(SampleRequest([{"role": "user", "content": text}], prompt_words,
                                          max_tokens))
-        profiler = SpanCollector(instance, domain_id=domain_id) if enabled else None
+        profiler = SpanCollector(instance, domain_id=domain_id) if side == "profiled" else None
         try:
             if profiler is not None:
                 profiler.wait_for_writers(1, timeout=5.0)
@@ -252,55 +258,61 @@ def measure_decode_cost(instance: str, base_url: str, *, rounds: int = 3, concur
             raise RuntimeError(f"no request of the round produced 2+ tokens over time (one "
                                f"chunk each?): {[o.error for o in outs]}")
         rates = [(o.output_tokens - 1) / (o.latency - o.ttft) for o in ok]
-        return {"tracing": enabled, "requests": len(ok),
+        return {"side": side, "tracing": side != "off", "requests": len(ok),
                 "decode_tokens_per_s_per_request": float(np.median(rates)),
                 "output_tokens": int(sum(o.output_tokens for o in ok)),
                 "spans_to_profiler": received}
 
-    results = []
+    blocks = []
     was: list[bool] = []   # what the stages said they had, at the first switch
     # What was in force before, to put back afterwards (it used to be left on): the value the
     # launcher keeps, else what the stages say they had (AUTOGLM_TRACE at their start).
     kept = kept_tracing(instance, domain_id=domain_id)
     with _sigterm_unwinds():
         try:
-            round_(True)  # warm-up (first requests allocate)
+            round_("spans")  # warm-up (first requests allocate)
             for i in range(rounds):
-                # ABBA order: a drift in load, or whatever a round leaves behind for the next,
-                # falls on both sides alike.
-                for enabled in ((False, True) if i % 2 == 0 else (True, False)):
-                    results.append(round_(enabled))
+                order = SIDES if i % 2 == 0 else SIDES[::-1]
+                blocks.append({side: round_(side) for side in order})
         finally:
             before = kept if kept is not None else (
                 was.count(True) >= was.count(False) if was else True)
             # With no value kept before, none is kept after (the launcher kept the last one).
             set_tracing(instance, before, domain_id=domain_id, settle_s=0.5,
                         then_withdraw=kept is None)
-    off = [r["decode_tokens_per_s_per_request"] for r in results if not r["tracing"]]
-    on = [r["decode_tokens_per_s_per_request"] for r in results if r["tracing"]]
-    m_off, m_on = float(np.median(off)), float(np.median(on))
+    rate = {side: [b[side]["decode_tokens_per_s_per_request"] for b in blocks] for side in SIDES}
+    median = {side: float(np.median(v)) for side, v in rate.items()}
     return {"instance": instance, "concurrency": concurrency, "max_tokens": max_tokens,
-            "rounds": results, "median_tokens_per_s_spans_off": m_off,
-            "median_tokens_per_s_spans_on": m_on,
-            "range_tokens_per_s_spans_off": [min(off), max(off)],
-            "range_tokens_per_s_spans_on": [min(on), max(on)],
-            "slowdown_percent": 100.0 * (m_off - m_on) / m_off if m_off else 0.0,
-            # Rounds of each side overlapping: the difference is within the noise.
-            "within_spread": min(on) <= max(off) and min(off) <= max(on)}
+            "rounds": [b[side] for i, b in enumerate(blocks)
+                       for side in (SIDES if i % 2 == 0 else SIDES[::-1])],
+            "median_tokens_per_s": median,
+            "range_tokens_per_s": {side: [min(v), max(v)] for side, v in rate.items()},
+            "slowdown_percent": {side: 100.0 * (median["off"] - median[side]) / median["off"]
+                                 for side in SIDES[1:]},
+            # Block by block, against the "off" round next to it: drift cancels out.
+            "slower_than_off_in_blocks": {
+                side: [sum(b[side]["decode_tokens_per_s_per_request"]
+                           < b["off"]["decode_tokens_per_s_per_request"] for b in blocks),
+                       len(blocks)] for side in SIDES[1:]}}
 
 
 def format_decode_cost(c: dict) -> str:
+    names = {"off": "spans off", "spans": "spans on",
+             "profiled": "spans on, profiler attached"}
     lines = [f"decode loop of instance {c['instance']!r}, {c['concurrency']} requests at once, "
              f"max_tokens {c['max_tokens']} (tokens/s per request, median of the round):"]
     for r in c["rounds"]:
-        side = f"on, profiler attached ({r['spans_to_profiler']} spans came)" \
-            if r["tracing"] else "off"
-        lines.append(f"  {r['decode_tokens_per_s_per_request']:8.1f} tok/s  spans {side}")
-    (lo_off, hi_off), (lo_on, hi_on) = (c["range_tokens_per_s_spans_off"],
-                                        c["range_tokens_per_s_spans_on"])
-    verdict = "within the rounds' spread" if c["within_spread"] else "outside the rounds' spread"
-    lines.append(f"  median: spans off {c['median_tokens_per_s_spans_off']:.1f} tok/s "
-                 f"({lo_off:.1f}-{hi_off:.1f}), spans on and profiled "
-                 f"{c['median_tokens_per_s_spans_on']:.1f} tok/s ({lo_on:.1f}-{hi_on:.1f}): "
-                 f"{c['slowdown_percent']:+.1f}% slower, {verdict}")
+        came = f" ({r['spans_to_profiler']} spans came)" if r["side"] == "profiled" else ""
+        lines.append(f"  {r['decode_tokens_per_s_per_request']:8.1f} tok/s  "
+                     f"{names[r['side']]}{came}")
+    for side in SIDES:
+        lo, hi = c["range_tokens_per_s"][side]
+        line = (f"  {names[side]:<28} median {c['median_tokens_per_s'][side]:7.1f} tok/s "
+                f"({lo:.1f}-{hi:.1f})")
+        if side != "off":
+            k, n = c["slower_than_off_in_blocks"][side]
+            x = c["slowdown_percent"][side]
+            line += (f": {abs(x):.1f}% {'slower' if x > 0 else 'faster'}, slower than spans "
+                     f"off in {k} of {n} blocks")
+        lines.append(line)
     return "\n".join(lines)

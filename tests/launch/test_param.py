@@ -268,7 +268,7 @@ def test_decode_cost_measurement_puts_tracing_back_as_it_was(pipeline, spans, pa
 
     param(pipeline, "trace.enabled", "off")
     c = measure_decode_cost(pipeline.instance, paced_url, rounds=1, concurrency=1, max_tokens=4)
-    assert [r["tracing"] for r in c["rounds"]] == [False, True]
+    assert [r["side"] for r in c["rounds"]] == ["off", "spans", "profiled"]
     assert listed(pipeline)["trace.enabled"] is False
     assert no_spans_from_a_request()         # the stages themselves are off again
     # A measurement that fails (the minimal pipeline's tokens come in one chunk: no decode
@@ -300,5 +300,7 @@ def test_decode_cost_measurement_leaves_no_kept_value_where_there_was_none(pipel
     c = measure_decode_cost(pipeline.instance, paced_url, rounds=1, concurrency=1, max_tokens=4)
     assert "trace.enabled" not in listed(pipeline)
     text = format_decode_cost(c)
-    assert "spans on, profiler attached" in text and "the rounds' spread" in text
-    assert c["range_tokens_per_s_spans_off"][0] <= c["median_tokens_per_s_spans_off"]
+    assert "spans on, profiler attached" in text and "slower than spans off in" in text
+    lo, hi = c["range_tokens_per_s"]["off"]
+    assert lo <= c["median_tokens_per_s"]["off"] <= hi
+    assert c["slower_than_off_in_blocks"]["profiled"][1] == 1
